@@ -1,0 +1,159 @@
+"""Steps/s of the local runtime on the Coral workflow with dummy agents, output written.
+
+The dummy teacher/student emit 1,024 characters +-20% per step, the dummy
+extractor reads the letter back, the matcher is the real Coral matcher, and
+agreement comes after about 3 turns (as in the paper's bottleneck study).
+Next to it, the same steps in a bare asyncio loop with no framework (same
+dummy text, same JSON encoding of every record), so the ratio shows
+peerflow's own overhead.
+
+    python benchmarks/bench_local_runtime.py --rows 20000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import tempfile
+import time
+from pathlib import Path
+
+import msgspec
+
+from peerflow.config import RunConfig
+from peerflow.pipeline import Pipeline
+from peerflow.recipes.coral import _TEXT, LETTERS
+from peerflow.run import run_async
+
+
+def coral_dummy_config(data: Path, out: Path, max_in_flight: int) -> RunConfig:
+    speaker = {"agent": "peerflow.recipes.coral:DummySpeaker", "workers": 1}
+    return RunConfig.model_validate({
+        "name": "coral-dummy",
+        "dataset": {"path": str(data), "id_field": "question_id",
+                    "fields": {"question": "question", "answer": "answer"}},
+        "task": {"message": "{{ question }}"},
+        "roles": {
+            "teacher": speaker, "student": speaker,
+            "extractor": {"agent": "peerflow.recipes.coral:DummyExtractor", "workers": 1},
+            "matcher": {"agent": "function", "function": "peerflow.recipes.coral:match",
+                        "workers": 1},
+        },
+        "workflow": {"kind": "loop", "check_after": "matcher", "max_turns": 20,
+                     "until": "peerflow.recipes.coral:finished",
+                     "roles": ["teacher", "extractor", "matcher", "student", "extractor", "matcher"]},
+        "runtime": {"kind": "local", "max_in_flight": max_in_flight, "progress": False},
+        "output": {"path": str(out)},
+        "metrics": "peerflow.recipes.coral:metrics",
+    })
+
+
+def write_rows(path: Path, n: int) -> None:
+    with open(path, "w") as f:
+        for i in range(n):
+            f.write(json.dumps({"question_id": f"q{i}", "question": f"Question {i}?",
+                                "answer": LETTERS[i % 10]}) + "\n")
+
+
+class _Rec(msgspec.Struct):
+    id: str
+    row: dict
+    history: list
+
+
+async def bare_asyncio(rows: int, out: Path, in_flight: int) -> tuple[int, float]:
+    """The same dialogue steps with no framework: a coroutine per task, one shared file."""
+    rng = random.Random(1)
+    enc = msgspec.json.Encoder()
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND)
+    buf: list[bytes] = []
+    size = 0
+    steps = 0
+    sem = asyncio.Semaphore(in_flight)
+
+    def speak(turn: int) -> dict:
+        n = int(1024 * (1 + rng.uniform(-0.2, 0.2)))
+        start = rng.randrange(0, len(_TEXT) - n)
+        p = 0.9 if turn + 1 >= 3 else 0.1
+        letter = "A" if rng.random() < p else rng.choice(LETTERS[1:])
+        return {"role": "speaker", "content": f"{_TEXT[start:start + n]} The answer is ({letter})"}
+
+    async def task(i: int) -> None:
+        nonlocal steps, size
+        history: list[dict] = [{"role": "task", "content": f"Question {i}?"}]
+        answers: dict[str, str] = {}
+        for turn in range(20):
+            who = "teacher" if turn % 2 == 0 else "student"
+            said = speak(turn)
+            history.append(said)
+            await asyncio.sleep(0)
+            answers[who] = said["content"][-2]
+            history.append({"role": "extractor", "content": said["content"][-3:]})
+            await asyncio.sleep(0)
+            agree = answers.get("teacher") is not None and answers.get("teacher") == answers.get("student")
+            history.append({"role": "matcher", "data": {"agree": agree}})
+            await asyncio.sleep(0)
+            steps += 3
+            if agree:
+                break
+        line = enc.encode(_Rec(id=f"q{i}", row={"question": f"Question {i}?"}, history=history))
+        buf.append(line + b"\n")
+        size += len(line) + 1
+        if size > 1 << 20:
+            os.write(fd, b"".join(buf))
+            buf.clear()
+            size = 0
+        sem.release()
+
+    t0 = time.perf_counter()
+    pending = set()
+    for i in range(rows):
+        await sem.acquire()
+        t = asyncio.ensure_future(task(i))
+        pending.add(t)
+        t.add_done_callback(pending.discard)
+    while pending:
+        await asyncio.gather(*list(pending))
+    os.write(fd, b"".join(buf))
+    os.close(fd)
+    return steps, time.perf_counter() - t0
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=20000)
+    parser.add_argument("--max-in-flight", type=int, default=1000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "rows.jsonl"
+        write_rows(data, args.rows)
+        out = Path(tmp) / "out.jsonl"
+        config = coral_dummy_config(data, out, args.max_in_flight)
+        pipeline = Pipeline(config)
+        t0 = time.perf_counter()
+        summary = await run_async(config, pipeline=pipeline, progress=False)
+        wall = time.perf_counter() - t0
+        lines = sum(1 for _ in open(out, "rb"))
+        mb = out.stat().st_size / 1e6
+        steps = summary["steps"]
+        pf_rate = steps / wall
+        print(f"peerflow local runtime: {args.rows} tasks, {steps} steps in {wall:.2f} s "
+              f"= {pf_rate:,.0f} steps/s, {args.rows / wall:,.0f} tasks/s; "
+              f"{lines} records, {mb:.1f} MB written")
+        b_steps, b_wall = await bare_asyncio(args.rows, Path(tmp) / "bare.jsonl", args.max_in_flight)
+        b_rate = b_steps / b_wall
+        print(f"bare asyncio loop:      {args.rows} tasks, {b_steps} steps in {b_wall:.2f} s "
+              f"= {b_rate:,.0f} steps/s")
+        print(f"ratio peerflow / bare asyncio: {pf_rate / b_rate:.2f}")
+
+
+if __name__ == "__main__":
+    try:
+        import uvloop
+
+        uvloop.run(main())
+    except ImportError:
+        asyncio.run(main())

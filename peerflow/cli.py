@@ -1,0 +1,94 @@
+"""`peerflow run CONFIG key=value ...`, `peerflow check CONFIG`, `peerflow sim-llm ...`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Any
+
+from peerflow.config import ConfigError, load_config
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    out = sys.stdout
+    print(f"\n== {summary['name']} ({summary['runtime']} runtime) ==", file=out)
+    for name, label in summary["services"].items():
+        print(f"service {name}: {label}", file=out)
+    rate = summary["success_rate"]
+    print(f"records written this run: {summary['records_written']} "
+          f"(ok {summary['by_status'].get('ok', 0)}, success rate "
+          f"{'-' if rate is None else f'{rate:.1%}'}); already finished before: "
+          f"{summary['finished_before_this_run']}; total in output: "
+          f"{summary['total_records_in_output']}", file=out)
+    tokens = summary["tokens"]
+    print(f"wall {summary['wall_seconds']:.1f}s, {summary['tasks_per_second']:.2f} tasks/s, "
+          f"{summary['steps_per_second']:.0f} steps/s, tokens prompt {tokens['prompt']} "
+          f"completion {tokens['completion']} ({summary['completion_tokens_per_second']:.0f}/s)",
+          file=out)
+    for role, rs in summary["roles"].items():
+        lat = rs["latency_seconds"]
+        print(f"  {role:<12} steps {rs['steps']:>7} errors {rs['errors']:>5} "
+              f"p50 {lat['p50'] * 1000:8.1f} ms  p95 {lat['p95'] * 1000:8.1f} ms", file=out)
+    if summary["metrics"]:
+        print("metrics: " + ", ".join(f"{k}={v:.4g}" for k, v in summary["metrics"].items()),
+              file=out)
+    for sample in summary["error_samples"]:
+        print(f"error sample: {sample}", file=out)
+    print(f"output: {summary['output']}", file=out)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from peerflow.pipeline import Pipeline
+    from peerflow.run import run
+
+    try:
+        config = load_config(args.config, args.overrides)
+        pipeline = Pipeline(config)
+    except ConfigError as exc:
+        print(f"peerflow: configuration error:\n{exc}", file=sys.stderr)
+        return 2
+    summary = run(config, pipeline=pipeline, progress=False if args.no_progress else None)
+    _print_summary(summary)
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from peerflow.pipeline import Pipeline
+
+    try:
+        Pipeline(load_config(args.config, args.overrides))
+    except ConfigError as exc:
+        print(f"peerflow: configuration error:\n{exc}", file=sys.stderr)
+        return 2
+    print(f"{args.config}: ok")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "sim-llm":
+        from peerflow.services.sim_llm import main as sim_main
+
+        sim_main(argv[1:])
+        return
+    parser = argparse.ArgumentParser(prog="peerflow", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_run = sub.add_parser("run", help="run a workflow config (re-running resumes)")
+    p_run.add_argument("config")
+    p_run.add_argument("overrides", nargs="*", help="key.sub=value overrides (values are YAML)")
+    p_run.add_argument("--no-progress", action="store_true")
+    p_run.set_defaults(fn=cmd_run)
+    p_check = sub.add_parser("check", help="validate a config without running it")
+    p_check.add_argument("config")
+    p_check.add_argument("overrides", nargs="*")
+    p_check.set_defaults(fn=cmd_check)
+    sub.add_parser("sim-llm", help="serve the simulated OpenAI-compatible LLM (a measuring "
+                   "instrument, not a model); see `peerflow sim-llm --help`")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    sys.exit(args.fn(args))
+
+
+if __name__ == "__main__":
+    main()

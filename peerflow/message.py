@@ -1,0 +1,130 @@
+"""The task message: the whole state of one task, carried from agent to agent.
+
+A message is plain data so that it can cross process and machine boundaries
+(pickle for Ray, JSON for the output file). Agents and the runtime never keep
+per-task state anywhere else: whoever holds the message holds the task.
+
+`msgspec.Struct` is used rather than dataclasses because a message is created,
+appended to and encoded on every hop; Structs are several times cheaper to
+build and encode, and omit default fields so hops stay small.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import msgspec
+
+SCHEMA_VERSION = 1
+
+RUNNING = "running"
+OK = "ok"
+ERROR = "error"
+
+
+class Step(msgspec.Struct, omit_defaults=True):
+    """One agent's contribution to a task.
+
+    `content` is what the agent said (LLM text, tool output); `data` holds what
+    it parsed or computed (an extracted answer, a verdict) so that routing and
+    metrics never re-parse text.
+    """
+
+    role: str
+    content: str | None = None
+    data: dict[str, Any] | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+    usage: dict[str, int] | None = None
+    model: str | None = None
+    started: float = 0.0
+    latency: float = 0.0
+    ok: bool = True
+    error: str | None = None
+    attempts: int = 0
+
+
+class Message(msgspec.Struct, omit_defaults=True):
+    """A task in flight.
+
+    `route` is the workflow's own state (position, turn count, return stack);
+    `next_role` is where the message goes next. Both travel with the message,
+    so no central component is consulted on a hop.
+    """
+
+    id: str
+    row: dict[str, Any]
+    vars: dict[str, Any] = msgspec.field(default_factory=dict)
+    history: list[Step] = msgspec.field(default_factory=list)
+    route: dict[str, Any] = msgspec.field(default_factory=dict)
+    next_role: str | None = None
+    status: str = RUNNING
+    error: dict[str, Any] | None = None
+    trial: int = 0
+    seed: int = 0
+    created: float = 0.0
+    finished: float = 0.0
+    hops: int = 0
+    v: int = SCHEMA_VERSION
+
+    def last(self, *roles: str) -> Step | None:
+        """The latest step, or the latest step by one of `roles`."""
+        history = self.history
+        if not roles:
+            return history[-1] if history else None
+        for step in reversed(history):
+            if step.role in roles:
+                return step
+        return None
+
+    def steps(self, role: str) -> list[Step]:
+        return [s for s in self.history if s.role == role]
+
+    def fail(self, stage: str, error: str, **where: Any) -> Message:
+        """Mark the task failed; the sink records `error` as data, not just a log line."""
+        self.status = ERROR
+        self.error = {"stage": stage, "message": error, **where}
+        self.next_role = None
+        return self
+
+    def tokens(self) -> tuple[int, int]:
+        """(prompt, completion) tokens spent on this task so far."""
+        prompt = completion = 0
+        for step in self.history:
+            usage = step.usage
+            if usage:
+                prompt += usage.get("prompt_tokens", 0)
+                completion += usage.get("completion_tokens", 0)
+        return prompt, completion
+
+
+def new_message(task_id: str, row: dict[str, Any], vars: dict[str, Any], *,
+                trial: int = 0, seed: int = 0) -> Message:
+    return Message(id=task_id, row=row, vars=vars, trial=trial, seed=seed, created=time.time())
+
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(Message)
+_mp_encoder = msgspec.msgpack.Encoder()
+_mp_decoder = msgspec.msgpack.Decoder(Message)
+
+
+def to_json(message: Message) -> bytes:
+    return _encoder.encode(message)
+
+
+def from_json(data: bytes | str) -> Message:
+    message = _decoder.decode(data)
+    if message.v > SCHEMA_VERSION:
+        raise ValueError(f"message schema v{message.v} is newer than this peerflow (v{SCHEMA_VERSION})")
+    return message
+
+
+def to_bytes(message: Message) -> bytes:
+    """Compact binary form for hops between processes."""
+    return _mp_encoder.encode(message)
+
+
+def from_bytes(data: bytes) -> Message:
+    return _mp_decoder.decode(data)

@@ -1,0 +1,124 @@
+"""Collaborative reasoning (Coral): a teacher and a student debate a multiple-choice question.
+
+Roles: teacher and student (LLM) take turns; after each turn an extractor
+(LLM) pulls the speaker's final answer letter and a matcher (plain function)
+compares the two latest answers. The task stops on agreement or after
+`max_turns` matcher turns. Success is *agreement correctness*: both agree and
+the agreed letter is the gold answer.
+
+The dummy agents at the bottom replace the LLM roles with canned text of the
+paper's size (1,024 characters +-20%) so that benchmarks measure the
+runtime, not a model.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from typing import Any
+
+from peerflow.agents.base import Agent, AgentOptions
+from peerflow.message import OK, Message, Step
+
+LETTERS = "ABCDEFGHIJ"
+SPEAKERS = ("teacher", "student")
+_PAREN = re.compile(r"\(([A-J])\)")
+_ANSWER_IS = re.compile(r"answer is:?\s*\(?([A-J])\b")
+
+
+def format_options(options: list[str]) -> str:
+    return "\n".join(f"{LETTERS[i]}. {text}" for i, text in enumerate(options))
+
+
+def extract_answer(message: Message, text: str) -> dict[str, Any]:
+    """Parse the extractor's reply: "(C)" -> C; "not sure yet" or junk -> None."""
+    speaker = message.last(*SPEAKERS)
+    found = _PAREN.search(text) or _ANSWER_IS.search(text)
+    if not found:
+        stripped = text.strip().strip(".").upper()
+        answer = stripped if len(stripped) == 1 and stripped in LETTERS else None
+    else:
+        answer = found.group(1)
+    return {"answer": answer, "speaker": speaker.role if speaker else None}
+
+
+def latest_answers(message: Message) -> dict[str, str | None]:
+    """Each speaker's latest extracted answer (an unclear later turn does not erase an earlier one)."""
+    answers: dict[str, str | None] = {"teacher": None, "student": None}
+    for step in message.history:
+        data = step.data
+        if data and step.role == "extractor" and data.get("answer"):
+            answers[data["speaker"]] = data["answer"]
+    return answers
+
+
+def match(message: Message) -> dict[str, Any]:
+    answers = latest_answers(message)
+    teacher, student = answers["teacher"], answers["student"]
+    agree = teacher is not None and teacher == student
+    gold = message.vars.get("answer")
+    return {"teacher": teacher, "student": student, "agree": agree,
+            "correct": bool(agree and teacher == gold)}
+
+
+def finished(message: Message) -> bool:
+    return bool(message.history[-1].data and message.history[-1].data.get("agree"))
+
+
+def metrics(message: Message) -> dict[str, Any]:
+    verdicts = [s.data for s in message.history if s.role == "matcher" and s.data]
+    last = verdicts[-1] if verdicts else {}
+    lengths = {role: [s.usage.get("completion_tokens", 0) for s in message.history
+                      if s.role == role and s.usage] for role in SPEAKERS}
+    out: dict[str, Any] = {
+        "conv_ok": message.status == OK,
+        "agreement": bool(last.get("agree")),
+        "agreement_correctness": bool(last.get("correct")),
+        "turns": len(verdicts),
+    }
+    prompt, completion = message.tokens()
+    out["completion_tokens"] = completion
+    for role, values in lengths.items():
+        if values:
+            out[f"{role}_completion_tokens"] = sum(values) / len(values)
+    return out
+
+
+# --- dummy agents for benchmarks -------------------------------------------------
+
+_rng = random.Random(1234)
+_TEXT = "".join(_rng.choice("abcdefghijklmnopqrstuvwxyz     ") for _ in range(1 << 16))
+
+
+class DummySpeakerOptions(AgentOptions):
+    length: int = 1024
+    jitter: float = 0.2
+    expected_turns: int = 3
+    p_agree_before: float = 0.1
+    p_agree_after: float = 0.9
+
+
+class DummySpeaker(Agent):
+    """Canned text of the paper's dummy size; agrees on a consensus letter mostly after `expected_turns`."""
+
+    Options = DummySpeakerOptions
+    options: DummySpeakerOptions
+
+    async def process(self, message: Message, request: Any) -> Step:
+        o = self.options
+        n = int(o.length * (1 + _rng.uniform(-o.jitter, o.jitter)))
+        start = _rng.randrange(0, len(_TEXT) - n)
+        turn = message.route.get("turns", 0)
+        p = o.p_agree_after if turn + 1 >= o.expected_turns else o.p_agree_before
+        letter = "A" if _rng.random() < p else _rng.choice(LETTERS[1:])
+        return Step(role=self.role, content=f"{_TEXT[start:start + n]} The answer is ({letter})")
+
+
+class DummyExtractor(Agent):
+    """Reads the letter the dummy speaker put at the end of its text."""
+
+    async def process(self, message: Message, request: Any) -> Step:
+        speaker = message.history[-1]
+        content = speaker.content or ""
+        return Step(role=self.role, content=content[-3:],
+                    data={"answer": content[-2], "speaker": speaker.role})

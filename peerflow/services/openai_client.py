@@ -1,0 +1,439 @@
+"""An OpenAI-compatible chat-completions client built for many thousands of concurrent calls.
+
+Every agent of a run shares one `OpenAIService`, so this sits on the hot path of every LLM
+step. It talks raw HTTP over a single pooled `aiohttp` session (the openai SDK is ~30x slower
+per process at high concurrency), encodes and decodes with orjson, and spreads calls over
+several replicas of the same model with least-outstanding-requests balancing, optional
+sticky (prefix-cache friendly) routing, retries with jittered back-off, and per-endpoint
+cool-downs so that one sick replica does not slow every task down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import hashlib
+import logging
+import os
+import random
+import time
+from typing import Any
+
+import aiohttp
+import orjson
+
+from peerflow.services.base import ChatResult, ServiceError
+
+__all__ = ["OpenAIService"]
+
+log = logging.getLogger(__name__)
+
+_MAX_ERROR_CHARS = 500
+# A failing endpoint sits out for this long, doubled per consecutive failure up to the cap:
+# short enough that a restarted replica is back in rotation within seconds, long enough that a
+# dead one does not attract every new request (it always has the fewest outstanding).
+_COOLDOWN_BASE = 0.5
+_COOLDOWN_MAX = 30.0
+# After a failed health probe the endpoint is avoided for this long (then tried again).
+_UNHEALTHY_COOLDOWN = 5.0
+
+
+class _Endpoint:
+    """Routing state and counters of one base URL; mutable and shared by all calls."""
+
+    __slots__ = (
+        "base",
+        "down_until",
+        "errors",
+        "fails",
+        "hasher",
+        "models_url",
+        "outstanding",
+        "requests",
+        "retries",
+        "url",
+    )
+
+    def __init__(self, base: str):
+        self.base = base
+        self.url = base + "/chat/completions"
+        self.models_url = base + "/models"
+        self.outstanding = 0
+        self.requests = 0
+        self.errors = 0
+        self.retries = 0
+        self.fails = 0  # consecutive failures, drives the cool-down length
+        self.down_until = 0.0  # monotonic time before which the endpoint is avoided
+        # Pre-seeded hasher: rendezvous scoring then costs one copy + update per endpoint.
+        self.hasher = hashlib.blake2b(base.encode(), digest_size=8)
+
+    def mark_failure(self, now: float) -> None:
+        self.fails += 1
+        self.down_until = now + min(_COOLDOWN_MAX, _COOLDOWN_BASE * 2 ** (self.fails - 1))
+
+    def mark_success(self) -> None:
+        if self.fails or self.down_until:
+            self.fails = 0
+            self.down_until = 0.0
+
+
+def _normalise_base(url: str) -> str:
+    return url.strip().rstrip("/")
+
+
+def _retry_after_seconds(value: str | None) -> float | None:
+    """Seconds a server asked us to wait; accepts delta-seconds (also fractional) or a date."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _error_text(raw: bytes) -> str:
+    """The server's own explanation of a rejected request, as short as is still useful."""
+    text: str | None = None
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        data = None
+    if isinstance(data, dict):
+        err = data.get("error", data.get("detail", data.get("message")))
+        if isinstance(err, dict):
+            err = err.get("message", err)
+        if err is not None:
+            text = err if isinstance(err, str) else orjson.dumps(err).decode()
+    if text is None:
+        text = raw.decode("utf-8", "replace")
+    text = text.strip()
+    if len(text) > _MAX_ERROR_CHARS:
+        text = text[:_MAX_ERROR_CHARS] + "..."
+    return text
+
+
+class OpenAIService:
+    """A pool of OpenAI-compatible endpoints serving one model, used as a shared `Service`."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        model: str,
+        endpoints: list[str],
+        api_key_env: str | None = None,
+        timeout: float = 600.0,
+        connect_timeout: float = 10.0,
+        max_retries: int = 3,
+        backoff: float = 0.5,
+        backoff_max: float = 30.0,
+        sticky: bool = False,
+        max_connections: int = 1024,
+        extra_body: dict[str, Any] | None = None,
+    ):
+        if max_retries < 0:
+            raise ValueError("max_retries must be >= 0")
+        self.name = name
+        self.model = model
+        self.endpoints = [_normalise_base(e) for e in endpoints]
+        self.api_key_env = api_key_env
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self.max_retries = max_retries
+        self.backoff = backoff
+        self.backoff_max = backoff_max
+        self.sticky = sticky
+        self.max_connections = max_connections
+        self.extra_body = dict(extra_body) if extra_body else {}
+        self._session: aiohttp.ClientSession | None = None
+        self._headers: dict[str, str] = {"Content-Type": "application/json"}
+        self._secret: str | None = None
+        self._attempt_timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=connect_timeout)
+        self._eps: list[_Endpoint] = [_Endpoint(e) for e in self.endpoints]
+        self._rr = 0
+        self._calls = 0
+        self._failures = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(name={self.name!r}, model={self.model!r}, "
+            f"endpoints={self.endpoints!r})"
+        )
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Open the shared connection pool; the API key is read now so rotation needs no code."""
+        if self._session is not None:
+            return
+        if not self.endpoints:
+            raise ServiceError(f"service {self.name!r}: no endpoints configured")
+        self.endpoints = [_normalise_base(e) for e in self.endpoints]
+        if [e.base for e in self._eps] != self.endpoints:
+            self._eps = [_Endpoint(e) for e in self.endpoints]
+        headers = {"Content-Type": "application/json"}
+        self._secret = None
+        if self.api_key_env:
+            key = os.environ.get(self.api_key_env)
+            if not key:
+                raise ServiceError(
+                    f"service {self.name!r}: environment variable {self.api_key_env} "
+                    "(api_key_env) is not set or empty"
+                )
+            self._secret = key
+            headers["Authorization"] = "Bearer " + key
+        self._headers = headers
+        connector = aiohttp.TCPConnector(
+            limit=self.max_connections,
+            limit_per_host=0,
+            ttl_dns_cache=300,
+            keepalive_timeout=60,
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=self._attempt_timeout,
+            # Nothing here needs cookies; skipping the jar saves work on every response.
+            cookie_jar=aiohttp.DummyCookieJar(),
+        )
+
+    async def stop(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    async def health(self) -> bool:
+        """Probe every endpoint so routing avoids dead replicas before a call has to fail."""
+        session = self._session
+        if session is None:
+            return False
+        probe_timeout = aiohttp.ClientTimeout(
+            total=max(self.connect_timeout, 1.0) + 5.0, sock_connect=self.connect_timeout
+        )
+
+        async def probe(ep: _Endpoint) -> bool:
+            try:
+                async with session.get(
+                    ep.models_url, headers=self._headers, timeout=probe_timeout
+                ) as resp:
+                    await resp.read()
+                    ok = resp.status == 200
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+                ok = False
+            if ok:
+                ep.mark_success()
+            else:
+                ep.down_until = time.monotonic() + _UNHEALTHY_COOLDOWN
+            return ok
+
+        results = await asyncio.gather(*(probe(ep) for ep in self._eps))
+        return any(results)
+
+    # ------------------------------------------------------------------ routing
+
+    def _pick(self, key: str | None, avoid: _Endpoint | None) -> _Endpoint:
+        eps = self._eps
+        n = len(eps)
+        if n == 1:
+            return eps[0]
+        now = time.monotonic()
+        if key is not None and self.sticky:
+            kb = key.encode()
+            best = None
+            best_score = b""
+            for ep in eps:
+                if ep is avoid or ep.down_until > now:
+                    continue
+                h = ep.hasher.copy()
+                h.update(kb)
+                score = h.digest()
+                if best is None or score > best_score:
+                    best, best_score = ep, score
+            if best is not None:
+                return best
+        start = self._rr
+        self._rr = start + 1 if start + 1 < n else 0
+        best = None
+        for i in range(n):
+            j = start + i
+            ep = eps[j - n if j >= n else j]
+            if ep is avoid or ep.down_until > now:
+                continue
+            if best is None or ep.outstanding < best.outstanding:
+                best = ep
+        if best is None:
+            # Everything is cooling down: better to try the least-loaded one than to fail.
+            for i in range(n):
+                j = start + i
+                ep = eps[j - n if j >= n else j]
+                if ep is avoid:
+                    continue
+                if best is None or ep.outstanding < best.outstanding:
+                    best = ep
+        assert best is not None
+        return best
+
+    # ------------------------------------------------------------------ calls
+
+    def _redact(self, text: str) -> str:
+        secret = self._secret
+        if secret and secret in text:
+            text = text.replace(secret, "***")
+        return text
+
+    def _delay(self, attempt: int, retry_after: float | None) -> float:
+        delay = random.uniform(0.0, min(self.backoff_max, self.backoff * 2**attempt))
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, self.backoff_max))
+        return delay
+
+    async def call(self, request: dict[str, Any], *, key: str | None = None) -> ChatResult:
+        """Run one chat completion, retrying transient failures on other replicas if any.
+
+        `request` is an OpenAI chat body without `model`; per-request fields win over
+        `extra_body` defaults. `key` (a task id, say) routes all turns of one task to the same
+        replica when `sticky` is on, so the server's prefix cache is reused.
+        """
+        session = self._session
+        if session is None:
+            raise ServiceError(f"service {self.name!r} is not started")
+        self._calls += 1
+        payload = orjson.dumps({**self.extra_body, **request, "model": self.model})
+        headers = self._headers
+        timeout = self._attempt_timeout
+        attempts = self.max_retries + 1
+        avoid: _Endpoint | None = None
+        last_error = ""
+        last_status: int | None = None
+        last_exc: BaseException | None = None
+        ep = self._eps[0]
+
+        for attempt in range(attempts):
+            ep = self._pick(key, avoid)
+            ep.requests += 1
+            if attempt:
+                ep.retries += 1
+            ep.outstanding += 1
+            retry_after: float | None = None
+            try:
+                async with session.post(
+                    ep.url, data=payload, headers=headers, timeout=timeout
+                ) as resp:
+                    status = resp.status
+                    raw = await resp.read()
+                    if status >= 300:
+                        retry_after = _retry_after_seconds(resp.headers.get("Retry-After"))
+            except asyncio.TimeoutError as e:
+                status, raw = 0, b""
+                last_exc = e
+                last_error = (
+                    f"timed out (timeout {self.timeout:g}s, connect {self.connect_timeout:g}s)"
+                )
+            except (aiohttp.ClientError, OSError) as e:
+                status, raw = 0, b""
+                last_exc = e
+                last_error = f"{type(e).__name__}: {e}"
+            finally:
+                ep.outstanding -= 1
+
+            if 200 <= status < 300:
+                try:
+                    data = orjson.loads(raw)
+                    choice = data["choices"][0]
+                    message = choice["message"]
+                    content = message.get("content")
+                except (orjson.JSONDecodeError, KeyError, IndexError, TypeError,
+                        AttributeError) as e:
+                    last_exc = e
+                    snippet = raw[:200].decode("utf-8", "replace")
+                    last_error = f"HTTP {status} with an unusable body ({snippet!r})"
+                else:
+                    ep.mark_success()
+                    usage = data.get("usage")
+                    if usage.__class__ is dict:
+                        usage = {k: v for k, v in usage.items() if v.__class__ is int}
+                    else:
+                        usage = None
+                    return ChatResult(
+                        content=content,
+                        tool_calls=message.get("tool_calls") or None,
+                        usage=usage or None,
+                        model=data.get("model"),
+                        finish_reason=choice.get("finish_reason"),
+                        attempts=attempt + 1,
+                        endpoint=ep.base,
+                    )
+                last_status = status
+            elif status:
+                last_status = status
+                if status != 429 and status < 500:
+                    # The request itself is wrong (or unauthorised): retrying cannot help.
+                    ep.errors += 1
+                    self._failures += 1
+                    raise ServiceError(
+                        self._redact(
+                            f"service {self.name!r}: {ep.url} rejected the request with "
+                            f"HTTP {status}: {_error_text(raw)}"
+                        ),
+                        attempts=attempt + 1,
+                        retryable=False,
+                        status=status,
+                    )
+                last_exc = None
+                last_error = f"HTTP {status}: {_error_text(raw)}"
+
+            ep.errors += 1
+            ep.mark_failure(time.monotonic())
+            avoid = ep
+            if attempt + 1 < attempts:
+                delay = self._delay(attempt, retry_after)
+                if log.isEnabledFor(logging.DEBUG):
+                    log.debug(
+                        "%s: attempt %d on %s failed (%s); retrying in %.3fs",
+                        self.name, attempt + 1, ep.base, self._redact(last_error), delay,
+                    )
+                await asyncio.sleep(delay)
+
+        self._failures += 1
+        raise ServiceError(
+            self._redact(
+                f"service {self.name!r}: chat completion failed after {attempts} attempt(s); "
+                f"last attempt on {ep.base}: {last_error}"
+            ),
+            attempts=attempts,
+            retryable=True,
+            status=last_status,
+        ) from last_exc
+
+    # ------------------------------------------------------------------ reporting
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for the run summary: where the traffic went and which replicas misbehaved."""
+        now = time.monotonic()
+        per = {
+            ep.base: {
+                "requests": ep.requests,
+                "errors": ep.errors,
+                "retries": ep.retries,
+                "outstanding": ep.outstanding,
+                "healthy": ep.down_until <= now,
+            }
+            for ep in self._eps
+        }
+        return {
+            "name": self.name,
+            "model": self.model,
+            "calls": self._calls,
+            "failures": self._failures,
+            "requests": sum(ep.requests for ep in self._eps),
+            "errors": sum(ep.errors for ep in self._eps),
+            "retries": sum(ep.retries for ep in self._eps),
+            "outstanding": sum(ep.outstanding for ep in self._eps),
+            "endpoints": per,
+        }

@@ -1,0 +1,224 @@
+"""Routing: given a task's history, which role acts next, or whether the task is done.
+
+A workflow object holds only the *definition* (roles, conditions); the
+position in it lives in `message.route`, so any agent anywhere can route any
+message without asking a central component. After every step the runtime
+calls `advance`, which handles what all workflows share (failed steps, step
+caps, tool-call detours, `data["stop"]`) and defers the rest to `after`.
+
+Writing a new workflow means subclassing `Workflow` and implementing
+`first` and `after`; name the class in YAML as `workflow: {kind: custom,
+path: "pkg.module:MyWorkflow", options: {...}}`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from peerflow.loading import load_object
+from peerflow.message import OK, RUNNING, Message
+
+END = "end"
+
+Condition = Callable[[Message], bool]
+
+
+class Workflow:
+    """Base class; `tool_role` enables detours for steps that return tool calls."""
+
+    def __init__(self, *, tool_role: str | None = None, max_steps: int = 200):
+        self.tool_role = tool_role
+        self.max_steps = max_steps
+
+    # --- to implement ---------------------------------------------------
+    def first(self, message: Message) -> str | None:
+        raise NotImplementedError
+
+    def after(self, message: Message) -> str | None:
+        """The next role after the last step, or None when the task is done."""
+        raise NotImplementedError
+
+    def roles(self) -> set[str]:
+        """Every role this workflow may route to (checked against the config up front)."""
+        return set()
+
+    # --- shared ---------------------------------------------------------
+    def start(self, message: Message) -> str | None:
+        nxt = self.first(message)
+        message.next_role = nxt
+        if nxt is None and message.status == RUNNING:
+            message.status = OK
+        return nxt
+
+    def advance(self, message: Message) -> str | None:
+        message.hops += 1
+        last = message.history[-1]
+        if not last.ok:
+            message.fail("agent", last.error or "step failed", role=last.role)
+            return None
+        tool_role = self.tool_role
+        if tool_role is not None and last.tool_calls and last.role != tool_role:
+            message.route.setdefault("return", []).append(last.role)
+            nxt: str | None = tool_role
+        elif tool_role is not None and last.role == tool_role and message.route.get("return"):
+            nxt = message.route["return"].pop()
+        elif last.data and last.data.get("stop"):
+            nxt = None
+        else:
+            try:
+                nxt = self.after(message)
+            except Exception as exc:  # a user condition raised: the task fails, the run goes on
+                message.fail("workflow", f"{type(exc).__name__}: {exc}", role=last.role)
+                return None
+        if nxt is not None and message.hops >= self.max_steps:
+            message.fail("workflow", f"max_steps ({self.max_steps}) reached", role=last.role)
+            return None
+        message.next_role = nxt
+        if nxt is None and message.status == RUNNING:
+            message.status = OK
+        return nxt
+
+
+class Sequence(Workflow):
+    """Each role once, in order."""
+
+    def __init__(self, roles: list[str], **kw: Any):
+        super().__init__(**kw)
+        self.order = list(roles)
+
+    def roles(self) -> set[str]:
+        return set(self.order)
+
+    def first(self, message: Message) -> str | None:
+        message.route["pos"] = 0
+        return self.order[0]
+
+    def after(self, message: Message) -> str | None:
+        pos = message.route["pos"] + 1
+        message.route["pos"] = pos
+        return self.order[pos] if pos < len(self.order) else None
+
+
+class Loop(Workflow):
+    """Cycle through `roles` until `until(message)` holds or `max_turns` turns are done.
+
+    A turn ends after each `check_after` step (Coral: after every matcher
+    step), or, without `check_after`, after each full pass through `roles`.
+    """
+
+    def __init__(self, roles: list[str], *, until: Condition | None = None,
+                 check_after: str | None = None, max_turns: int = 10, **kw: Any):
+        super().__init__(**kw)
+        self.order = list(roles)
+        self.until = until
+        self.check_after = check_after
+        self.max_turns = max_turns
+
+    def roles(self) -> set[str]:
+        return set(self.order)
+
+    def first(self, message: Message) -> str | None:
+        message.route["pos"] = 0
+        message.route["turns"] = 0
+        return self.order[0]
+
+    def after(self, message: Message) -> str | None:
+        route = message.route
+        pos = route["pos"] + 1
+        n = len(self.order)
+        turn_ended = (message.history[-1].role == self.check_after
+                      if self.check_after is not None else pos == n)
+        if turn_ended:
+            route["turns"] += 1
+            if self.until is not None and self.until(message):
+                return None
+            if route["turns"] >= self.max_turns:
+                return None
+        if pos == n:
+            pos = 0
+        route["pos"] = pos
+        return self.order[pos]
+
+
+class Graph(Workflow):
+    """Nodes are roles; each node's edges are tried in order, the first whose condition holds wins.
+
+    A condition is a callable `(message) -> bool` or a mapping matched against
+    the last step's `data` (`{verdict: yes}`); an edge without one always
+    matches. The target `end` finishes the task.
+    """
+
+    def __init__(self, start: str, edges: dict[str, list[tuple[str, Condition | None]]], **kw: Any):
+        super().__init__(**kw)
+        self.start_node = start
+        self.edges = edges
+
+    def roles(self) -> set[str]:
+        names = {self.start_node, *self.edges}
+        for targets in self.edges.values():
+            names.update(to for to, _ in targets)
+        names.discard(END)
+        return names
+
+    def first(self, message: Message) -> str | None:
+        return None if self.start_node == END else self.start_node
+
+    def after(self, message: Message) -> str | None:
+        role = message.history[-1].role
+        for to, condition in self.edges.get(role, ()):
+            if condition is None or condition(message):
+                return None if to == END else to
+        return None
+
+
+def data_matches(expected: dict[str, Any]) -> Condition:
+    """A condition true when the last step's data holds every key/value of `expected`."""
+    items = tuple(expected.items())
+
+    def condition(message: Message) -> bool:
+        data = message.history[-1].data or {}
+        return all(data.get(k) == v for k, v in items)
+
+    return condition
+
+
+def _condition(spec: str | dict[str, Any] | None) -> Condition | None:
+    if spec is None:
+        return None
+    if isinstance(spec, dict):
+        return data_matches(spec)
+    return load_object(spec, what="condition")
+
+
+def build_workflow(config: Any) -> Workflow:
+    """Make a workflow from its config section (one of the `*WorkflowConfig` models)."""
+    common = {"tool_role": config.tool_role, "max_steps": config.max_steps}
+    kind = config.kind
+    if kind == "sequence":
+        return Sequence(config.roles, **common)
+    if kind == "loop":
+        until = load_object(config.until, what="workflow.until") if config.until else None
+        return Loop(config.roles, until=until, check_after=config.check_after,
+                    max_turns=config.max_turns, **common)
+    if kind == "graph":
+        edges: dict[str, list[tuple[str, Condition | None]]] = {}
+        for node, spec in config.edges.items():
+            if isinstance(spec, str):
+                edges[node] = [(spec, None)]
+            else:
+                edges[node] = [(e.to, _condition(e.when)) for e in spec]
+        return Graph(config.start, edges, **common)
+    if kind == "custom":
+        cls = load_object(config.path, what="workflow.path")
+        if not (isinstance(cls, type) and issubclass(cls, Workflow)):
+            raise ValueError(f"workflow.path {config.path!r} is not a peerflow Workflow subclass")
+        return cls(**config.options, **common)
+    raise ValueError(f"unknown workflow kind {kind!r}")
+
+
+def unknown_roles(workflow: Workflow, known: Iterable[str]) -> set[str]:
+    roles = workflow.roles()
+    if workflow.tool_role:
+        roles.add(workflow.tool_role)
+    return roles - set(known)
