@@ -45,7 +45,7 @@ class ToolCaller(Agent):
 
     async def process(self, message: Message, request: Any) -> Step:
         last = message.history[-1] if message.history else None
-        if last is not None and last.role == "tool":
+        if last is not None and last.tool_call_id:
             return Step(role=self.role, content=f"final:{last.content}")
         call = {"id": f"call-{message.id}", "type": "function",
                 "function": {"name": "add", "arguments": '{"a": 2, "b": 3}'}}

@@ -35,7 +35,7 @@ def write_rows(path: Path, n: int, extra: str = "") -> Path:
     return path
 
 
-def make_config(tmp: Path, runtime: str, *, rows: int = 20, roles: dict[str, Any] | None = None,
+def make_config(tmp: Path, kind: str, *, rows: int = 20, roles: dict[str, Any] | None = None,
                 workflow: dict[str, Any] | None = None, **sections: Any) -> RunConfig:
     data = {
         "name": "conformance",
@@ -44,7 +44,7 @@ def make_config(tmp: Path, runtime: str, *, rows: int = 20, roles: dict[str, Any
         "task": {"message": "task {{ n }}"},
         "roles": roles or {"a": {"agent": ECHO}, "b": {"agent": ECHO}},
         "workflow": workflow or {"kind": "sequence", "roles": ["a", "b"]},
-        "runtime": {"kind": runtime, "max_in_flight": 8, "progress": False},
+        "runtime": {"kind": kind, "max_in_flight": 8, "progress": False},
         "output": {"path": str(tmp / "out.jsonl")},
     }
     for key, value in sections.items():

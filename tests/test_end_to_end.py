@@ -1,0 +1,123 @@
+"""The CLI end to end on the Coral example against the simulated LLM, plus LLM faults and SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from peerflow.config import load_config
+from peerflow.pipeline import Pipeline
+from peerflow.run import run
+
+CORAL = Path(__file__).resolve().parent.parent / "examples" / "coral"
+FAST_SIM = ["services.llm.options.time_scale=0.0"]
+
+
+def records(path: Path) -> list[dict]:
+    data = path.read_bytes()
+    assert not data or data.endswith(b"\n"), "torn last line"
+    return [json.loads(line) for line in data.splitlines()]
+
+
+def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "peerflow.cli", *args], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_coral_sim_runs_with_metrics_and_simulator_labels(tmp_path: Path) -> None:
+    out = tmp_path / "coral.jsonl"
+    proc = run_cli("run", str(CORAL / "coral_sim.yaml"), "dataset.limit=60", f"output.path={out}",
+                   "--no-progress", *FAST_SIM)
+    assert proc.returncode == 0, proc.stderr
+    recs = records(out)
+    assert len(recs) == 60 and len({r["id"] for r in recs}) == 60
+    assert all(r["status"] == "ok" for r in recs)
+    first = recs[0]
+    roles = [s["role"] for s in first["history"]]
+    assert roles[:4] == ["task", "teacher", "extractor", "matcher"]
+    assert all(s["model"].startswith("peerflow-simulator") for s in first["history"] if s.get("model"))
+    assert first["metrics"]["turns"] >= 1
+    summary = json.loads(out.with_name(out.name + ".summary.json").read_text())
+    assert "SIMULATED" in summary["services"]["llm"]
+    assert 0 < summary["metrics"]["agreement"] <= 1
+    assert summary["tokens"]["completion"] > 0
+    assert "SIMULATED" in proc.stdout
+
+
+def test_unreachable_llm_gives_error_records_naming_the_endpoint(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = load_config(CORAL / "coral_sim.yaml", [
+        "dataset.limit=5", f"output.path={tmp_path / 'o.jsonl'}", "runtime.progress=false",
+        "services.llm={kind: openai, model: m, endpoints: ['http://127.0.0.1:%d/v1'], "
+        "max_retries: 1, backoff: 0.01}" % port])
+    summary = run(config, pipeline=Pipeline(config))
+    recs = records(tmp_path / "o.jsonl")
+    assert len(recs) == 5
+    for r in recs:
+        assert r["status"] == "error"
+        assert r["error"]["role"] == "teacher"
+        assert f"127.0.0.1:{port}" in r["error"]["message"]
+    assert summary["by_status"] == {"error": 5}
+
+
+def test_flaky_llm_retries_and_every_row_ends_once(tmp_path: Path) -> None:
+    out = tmp_path / "o.jsonl"
+    config = load_config(CORAL / "coral_sim.yaml", [
+        "dataset.limit=40", f"output.path={out}", "runtime.progress=false", *FAST_SIM,
+        "services.llm.options.error_rate=0.2", "services.llm.options.garbage_rate=0.1",
+        "services.llm.max_retries=0", "services.llm.backoff=0.0"])
+    summary = run(config, pipeline=Pipeline(config))
+    recs = records(out)
+    assert len(recs) == 40 and len({r["id"] for r in recs}) == 40
+    failed = [r for r in recs if r["status"] == "error"]
+    assert failed, "with 30% faults and no retries some tasks must fail"
+    assert all(r["error"]["stage"] == "agent" for r in failed)
+    assert summary["by_status"].get("error", 0) == len(failed)
+
+    retried = tmp_path / "r.jsonl"
+    config = load_config(CORAL / "coral_sim.yaml", [
+        "dataset.limit=40", f"output.path={retried}", "runtime.progress=false", *FAST_SIM,
+        "services.llm.options.error_rate=0.2", "services.llm.options.garbage_rate=0.1",
+        "services.llm.max_retries=8", "services.llm.backoff=0.001"])
+    summary = run(config, pipeline=Pipeline(config))
+    assert summary["by_status"] == {"ok": 40}
+    assert summary["roles"]["teacher"]["retries"] > 0
+
+
+@pytest.mark.slow
+def test_sigkill_then_rerun_resumes_to_exactly_one_record_per_row(tmp_path: Path) -> None:
+    out = tmp_path / "coral.jsonl"
+    args = [sys.executable, "-m", "peerflow.cli", "run", str(CORAL / "coral_sim.yaml"),
+            "dataset.limit=600", f"output.path={out}", "output.flush_bytes=4096", "--no-progress",
+            "services.llm.options.time_scale=0.01"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if out.exists() and out.stat().st_size > 200_000:
+            break
+        assert proc.poll() is None, proc.stderr.read().decode()
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = out.read_bytes().count(b"\n")
+    assert 0 < before < 600, "kill must land mid-run"
+
+    again = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    recs = records(out)
+    ids = [r["id"] for r in recs]
+    assert len(ids) == 600 and len(set(ids)) == 600
+    summary = json.loads(out.with_name(out.name + ".summary.json").read_text())
+    assert summary["finished_before_this_run"] >= before
+    assert summary["records_written"] == 600 - summary["finished_before_this_run"]
