@@ -85,7 +85,13 @@ def main(argv: list[str] | None = None) -> None:
     p_check.set_defaults(fn=cmd_check)
     sub.add_parser("sim-llm", help="serve the simulated OpenAI-compatible LLM (a measuring "
                    "instrument, not a model); see `peerflow sim-llm --help`")
-    args = parser.parse_args(argv)
+    # Overrides may come before or after flags: collect every leftover key=value.
+    args, rest = parser.parse_known_args(argv)
+    stray = [a for a in rest if "=" not in a or a.startswith("-")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if rest:
+        args.overrides = [*getattr(args, "overrides", []), *rest]
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     sys.exit(args.fn(args))
 

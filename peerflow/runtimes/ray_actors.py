@@ -1,0 +1,733 @@
+"""The Ray actors of the Ray runtime, and the courier that moves messages between them.
+
+Only this module and `peerflow.runtimes.ray` import Ray: agents, workflows and services
+run unchanged inside these actors. The delivery protocol is described in the docstring of
+`peerflow.runtimes.ray`; this module implements it:
+
+- `Courier`: one per process (each actor, and the driver). Per destination actor it keeps
+  an outbox, at most one `deliver` call in flight (so messages that queue up while a call
+  is out travel together in the next call, and a lone message leaves at once), and the
+  sent-but-unacknowledged messages, which it re-sends when the destination dies.
+- `RoleActor`: one instance of a role; runs the role's agent on delivered messages and
+  passes each on to the role the message names next, or to a sink when it is done.
+- `SinkActor`: writes finished messages into its own output shard, acknowledges them once
+  they are written to the OS, and tells the driver which ids finished.
+- `StoreActor`: owns the objects that offloaded message fields live in, so that an agent
+  actor's crash does not take the payloads of the tasks it touched with it (in Ray, an
+  object dies with the process that put it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+import uuid
+import zlib
+from collections import Counter, defaultdict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray.exceptions import ObjectLostError, RayActorError, RayTaskError
+
+from peerflow.message import Message, from_bytes, to_bytes
+from peerflow.stats import Histogram, RunStats
+
+log = logging.getLogger(__name__)
+
+# A step content offloaded to the object store is replaced by MARK + "<ref index>:<position>".
+MARK = "\x00pf\x00"
+MAX_BATCH = 512  # messages per deliver call; bounds one call's size, not latency
+POLL_INTERVAL = 0.25  # idle links with unacknowledged messages ask for acks this often
+RETRY_DELAY = 0.2  # after a failed call, before trying the destination again
+REF_BYTES = 100  # rough size of a serialized ObjectRef (id + owner address), for hop accounting
+
+DRIVER = "driver"
+
+
+def stable_hash(task_id: str) -> int:
+    """Same value in every process and every run (Python's hash() is salted per process)."""
+    return zlib.crc32(task_id.encode())
+
+
+def partition_of(task_id: str, partitions: int) -> int:
+    return stable_hash(task_id) % partitions
+
+
+def sink_of(task_id: str, partitions: int, sinks: int) -> int:
+    """Sink index within the task's partition; a task always finishes at the same sink."""
+    return (stable_hash(task_id) // partitions) % sinks
+
+
+def role_key(role: str, partition: int, index: int) -> str:
+    return f"r:{role}:{partition}:{index}"
+
+
+def sink_key(partition: int, index: int) -> str:
+    return f"s:{partition}:{index}"
+
+
+def store_key(partition: int) -> str:
+    return f"o:{partition}"
+
+
+def hop_key(message: Message) -> str:
+    """Identifies one hop of one task; re-sends of that hop carry the same key."""
+    return f"{message.id}\x1f{message.hops}"
+
+
+# --- offloading --------------------------------------------------------------------
+
+
+Unpacked = tuple[Message, list[Any], dict[int, tuple[int, int]]]
+
+
+def unpack(datas: list[bytes], refs: list[list[Any]] | None,
+           values: dict[Any, list[str]]) -> list[Unpacked]:
+    """Decode messages and put offloaded contents back from resolved objects.
+
+    Returns (message, its refs, offload map step index -> (ref index, position)); the map
+    lets the next hop put the same references back without storing anything again.
+    """
+    out = []
+    for i, data in enumerate(datas):
+        message = from_bytes(data)
+        mine = refs[i] if refs else []
+        off: dict[int, tuple[int, int]] = {}
+        if mine:
+            for idx, step in enumerate(message.history):
+                content = step.content
+                if content is not None and content.startswith(MARK):
+                    j, _, pos = content[len(MARK):].partition(":")
+                    where = (int(j), int(pos))
+                    off[idx] = where
+                    step.content = values[mine[where[0]]][where[1]]
+        out.append((message, mine, off))
+    return out
+
+
+async def resolve(refs: list[list[Any]] | None) -> tuple[dict[Any, list[str]], set[int]]:
+    """Fetch every object referenced by a batch in one `ray.get`, off the event loop.
+
+    Returns the values by ref and the indexes of messages whose objects are lost (their
+    owner died): those cannot continue and are left to the driver's sweep to restart.
+    """
+    if not refs:
+        return {}, set()
+    distinct = list({r: None for mine in refs for r in mine})
+    if not distinct:
+        return {}, set()
+    loop = asyncio.get_running_loop()
+    try:
+        got = await loop.run_in_executor(None, ray.get, distinct)
+        return dict(zip(distinct, got, strict=True)), set()
+    except ObjectLostError:
+        values: dict[Any, list[str]] = {}
+        for ref in distinct:
+            with contextlib.suppress(ObjectLostError):
+                values[ref] = await loop.run_in_executor(None, ray.get, ref)
+        lost = {i for i, mine in enumerate(refs) if any(r not in values for r in mine)}
+        return values, lost
+
+
+# --- the courier -------------------------------------------------------------------
+
+
+class Entry:
+    """One message on its way to one destination, kept until the destination acknowledges it."""
+
+    __slots__ = ("base", "data", "key", "msg", "off", "parent", "refs", "tid")
+
+    def __init__(self, key: str, tid: str, msg: Message | None, *, data: bytes | None = None,
+                 refs: list[Any] | None = None, off: dict[int, tuple[int, int]] | None = None,
+                 base: int = 0, parent: tuple[str, str] | None = None):
+        self.key = key
+        self.tid = tid
+        self.msg = msg  # encoded lazily, when its batch leaves
+        self.data = data
+        self.refs = refs if refs is not None else []
+        self.off = off if off is not None else {}
+        self.base = base  # steps before this index were already checked for offloading
+        self.parent = parent  # (sender, hop key) to acknowledge once this hop is received
+
+
+class Link:
+    __slots__ = ("busy", "down", "handle", "inc", "inflight", "key", "last", "need_poll",
+                 "outbox", "unacked")
+
+    def __init__(self, key: str, handle: Any = None):
+        self.key = key
+        self.handle = handle
+        self.outbox: list[Entry] = []
+        self.inflight: list[Entry] = []  # the batch of the call that is out
+        self.unacked: dict[str, Entry] = {}
+        self.busy = False  # a call to this destination is out
+        self.need_poll = False
+        self.inc: str | None = None  # incarnation id last heard from the destination
+        self.down = False
+        self.last = time.monotonic()
+
+
+class Courier:
+    """Sends messages to actors in batches, keeps them until acknowledged, re-sends on death.
+
+    `groups` maps a group name (a role) to the keys of its interchangeable instances, which
+    is where messages for a dead instance are re-routed while it restarts.
+    """
+
+    def __init__(self, me: str, *, lookup: Callable[[str], Awaitable[Any]],
+                 groups: dict[str, list[str]], threshold: int | None = None,
+                 put: Callable[[list[str]], Awaitable[Any]] | None = None):
+        self.me = me
+        self.lookup = lookup
+        self.groups = groups
+        self.group_of = {k: name for name, keys in groups.items() for k in keys}
+        self.threshold = threshold
+        self.put = put
+        self.links: dict[str, Link] = {}
+        self.owed: dict[str, list[str]] = defaultdict(list)
+        self.closed = False
+        self.fatal: BaseException | None = None
+        self._rr: dict[str, int] = defaultdict(int)
+        self._poller: asyncio.Task[None] | None = None
+        self._pumps: set[asyncio.Task[None]] = set()
+        self.counters: Counter[str] = Counter()
+
+    # -- routing ---------------------------------------------------------------------
+    def link(self, key: str) -> Link:
+        link = self.links.get(key)
+        if link is None:
+            link = self.links[key] = Link(key)
+        return link
+
+    def pick(self, group: str) -> str:
+        """Round-robin over the group's instances, skipping ones known to be down."""
+        keys = self.groups[group]
+        n = len(keys)
+        start = self._rr[group]
+        self._rr[group] = start + 1
+        for i in range(n):
+            key = keys[(start + i) % n]
+            link = self.links.get(key)
+            if link is None or not link.down:
+                return key
+        return keys[start % n]
+
+    # -- sending ---------------------------------------------------------------------
+    def send(self, dest: str, entry: Entry) -> None:
+        link = self.link(dest)
+        link.outbox.append(entry)
+        if not link.busy:
+            self._kick(link)
+
+    def _kick(self, link: Link) -> None:
+        if link.busy or self.closed:
+            return
+        link.busy = True
+        task = asyncio.ensure_future(self._pump(link))
+        self._pumps.add(task)
+        task.add_done_callback(self._pumps.discard)
+
+    async def _pump(self, link: Link) -> None:
+        """Drain one destination's outbox, one call at a time; what queues meanwhile rides next."""
+        try:
+            while not self.closed:
+                if link.handle is None:
+                    link.handle = await self.lookup(link.key)
+                batch: list[Entry] = []
+                if link.outbox:
+                    batch = link.outbox[:MAX_BATCH]
+                    del link.outbox[:MAX_BATCH]
+                    link.inflight = batch
+                    keys, datas, refs = await self._prepare(batch)
+                    call = link.handle.deliver.remote(self.me, keys, datas, refs)
+                elif link.need_poll:
+                    link.need_poll = False
+                    call = link.handle.poll.remote(self.me)
+                else:
+                    break
+                try:
+                    inc, acks = await call
+                except RayActorError:
+                    link.inflight = []
+                    self._failed(link, batch)
+                    await asyncio.sleep(RETRY_DELAY)
+                    link.need_poll = True  # learn when it is back
+                    continue
+                except RayTaskError as exc:  # the receiver itself failed: a bug or a full disk
+                    link.inflight = []
+                    link.outbox[:0] = batch
+                    self.fatal = exc
+                    log.error("delivery to %s failed: %s", link.key, exc)
+                    return
+                link.inflight = []
+                self._replied(link, inc, acks, batch)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # a bug in the courier: report it, do not hang silently
+            self.fatal = exc
+            log.exception("courier %s: pump for %s failed", self.me, link.key)
+        finally:
+            link.busy = False
+        if (link.outbox or link.need_poll) and not self.closed and self.fatal is None:
+            self._kick(link)
+
+    async def _prepare(self, batch: list[Entry]) -> tuple[list[str], list[bytes], list[Any] | None]:
+        threshold = self.threshold
+        if threshold is not None:
+            big: list[tuple[Entry, int, str]] = []
+            for e in batch:
+                if e.msg is None:
+                    continue
+                history = e.msg.history
+                for idx in range(e.base, len(history)):
+                    content = history[idx].content
+                    if (content is not None and len(content) > threshold // 4
+                            and idx not in e.off and len(content.encode()) > threshold):
+                        big.append((e, idx, content))
+            if big:
+                ref = await self._store([c for _, _, c in big])
+                slot: dict[int, int] = {}
+                for pos, (e, idx, _) in enumerate(big):
+                    j = slot.get(id(e))
+                    if j is None:
+                        j = slot[id(e)] = len(e.refs)
+                        e.refs.append(ref)
+                    e.off[idx] = (j, pos)
+        keys: list[str] = []
+        datas: list[bytes] = []
+        any_refs = False
+        nbytes = 0
+        for e in batch:
+            if e.data is None:
+                msg = e.msg
+                assert msg is not None
+                if e.off:
+                    history = msg.history
+                    for idx, (j, pos) in e.off.items():
+                        history[idx].content = f"{MARK}{j}:{pos}"
+                e.data = to_bytes(msg)
+                e.msg = None
+            keys.append(e.key)
+            datas.append(e.data)
+            nbytes += len(e.data)
+            if e.refs:
+                any_refs = True
+        c = self.counters
+        c["calls"] += 1
+        c["hops"] += len(batch)
+        c["hop_bytes"] += nbytes
+        refs = [e.refs for e in batch] if any_refs else None
+        if refs:
+            c["hop_refs"] += sum(len(r) for r in refs)
+        return keys, datas, refs
+
+    async def _store(self, values: list[str]) -> Any:
+        self.counters["offloaded_fields"] += len(values)
+        self.counters["offloaded_bytes"] += sum(len(v) for v in values)
+        if self.put is not None:
+            try:
+                return await self.put(values)
+            except RayActorError:
+                pass  # the store is restarting: own the object ourselves meanwhile
+        return ray.put(values)
+
+    # -- replies and failures --------------------------------------------------------
+    def _replied(self, link: Link, inc: str, acks: list[str], batch: list[Entry]) -> None:
+        if link.inc is not None and inc != link.inc and link.unacked:
+            # Restarted without us seeing a failed call: what it held is gone.
+            lost = list(link.unacked.values())
+            link.unacked.clear()
+            self.counters["redelivered"] += len(lost)
+            self._requeue(link, lost)
+        link.inc = inc
+        link.down = False
+        link.last = time.monotonic()
+        unacked = link.unacked
+        owed = self.owed
+        for e in batch:
+            unacked[e.key] = e
+            parent = e.parent
+            if parent is not None:
+                owed[parent[0]].append(parent[1])
+                e.parent = None
+        for key in acks:
+            unacked.pop(key, None)
+
+    def _failed(self, link: Link, batch: list[Entry]) -> None:
+        """The destination died: everything it held or was being sent goes elsewhere."""
+        link.down = True
+        self.counters["call_failures"] += 1
+        lost = list(link.unacked.values())
+        link.unacked.clear()
+        self.counters["redelivered"] += len(lost)
+        self._requeue(link, batch + lost)
+
+    def _requeue(self, link: Link, entries: list[Entry]) -> None:
+        if not entries:
+            return
+        group = self.group_of.get(link.key)
+        target = link
+        if group is not None and len(self.groups[group]) > 1:
+            target = self.link(self.pick(group))
+        if target is link:
+            link.outbox[:0] = entries
+        else:
+            target.outbox.extend(entries)
+            self._kick(target)
+
+    # -- background ------------------------------------------------------------------
+    def start(self) -> None:
+        if self._poller is None:
+            self._poller = asyncio.ensure_future(self._poll_loop())
+
+    async def _poll_loop(self) -> None:
+        """Ask idle destinations for acknowledgements (and notice if they restarted)."""
+        while not self.closed:
+            await asyncio.sleep(POLL_INTERVAL)
+            now = time.monotonic()
+            for link in list(self.links.values()):
+                if (link.unacked or link.down) and not link.busy and \
+                        now - link.last >= POLL_INTERVAL:
+                    link.need_poll = True
+                    self._kick(link)
+
+    def held_ids(self) -> set[str]:
+        ids: set[str] = set()
+        for link in self.links.values():
+            ids.update(e.tid for e in link.outbox)
+            ids.update(e.tid for e in link.inflight)
+            ids.update(e.tid for e in link.unacked.values())
+        return ids
+
+    def pending(self) -> int:
+        return sum(len(link.outbox) + len(link.inflight) + len(link.unacked)
+                   for link in self.links.values())
+
+    async def close(self) -> None:
+        self.closed = True
+        tasks = list(self._pumps)
+        if self._poller is not None:
+            tasks.append(self._poller)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+# --- actors ------------------------------------------------------------------------
+
+
+@dataclass
+class ActorSpec:
+    """Everything an actor needs to (re)build itself; Ray re-runs __init__ on restart."""
+
+    run_id: str
+    key: str
+    config: Any = None  # RunConfig whose services are plain OpenAI-compatible clients
+    role: str | None = None
+    partition: int = 0
+    partitions: int = 1
+    sinks: int = 1
+    names: dict[str, str] = field(default_factory=dict)  # actor key -> Ray actor name
+    groups: dict[str, list[str]] = field(default_factory=dict)  # role -> instance keys
+    workers: int = 1
+    threshold: int | None = None
+    store: str | None = None  # key of this partition's StoreActor, when offloading
+    shard: str | None = None  # output path of a sink
+    success_only: bool = False
+    flush_bytes: int = 1 << 20
+
+
+async def _lookup_actor(names: dict[str, str], key: str) -> Any:
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(None, ray.get_actor, names[key])
+
+
+class _Base:
+    def __init__(self, spec: ActorSpec):
+        # `resolve` calls ray.get from an executor thread, never on the event loop, which
+        # Ray's blocking-get-in-async-actor warning cannot tell apart; silence it.
+        import ray._private.worker as ray_worker
+
+        ray_worker.blocking_get_inside_async_warned = True
+        self.spec = spec
+        self.inc = uuid.uuid4().hex[:12]
+        self._init_task: asyncio.Future[None] | None = None
+
+    async def _ensure(self) -> None:
+        if self._init_task is None:
+            self._init_task = asyncio.ensure_future(self._init())
+        await asyncio.shield(self._init_task)
+
+    async def _init(self) -> None:
+        pass
+
+    async def ready(self) -> dict[str, Any]:
+        """Awaited by the driver before the run: builds the actor and reports where it runs."""
+        await self._ensure()
+        return {"key": self.spec.key, "inc": self.inc, "pid": os.getpid(),
+                "node": ray.get_runtime_context().get_node_id()}
+
+
+class RoleActor(_Base):
+    """One instance of one role: agent steps on delivered messages, then the next hop."""
+
+    async def _init(self) -> None:
+        from peerflow.pipeline import Pipeline
+
+        spec = self.spec
+        pipeline = Pipeline(spec.config, open_data=False)
+        assert spec.role is not None and pipeline.workflow is not None
+        cls, options = pipeline.agent_specs[spec.role]
+        self.services = pipeline.services()
+        for service in self.services.values():
+            await service.start()
+        self.agent = cls(spec.role, options, self.services)
+        await self.agent.setup()
+        self.workflow = pipeline.workflow
+        names = spec.names
+        put = None
+        if spec.threshold is not None and spec.store is not None:
+            store_name = spec.store
+            store_handle: list[Any] = []
+
+            async def put(values: list[str]) -> Any:
+                if not store_handle:
+                    store_handle.append(await _lookup_actor(names, store_name))
+                return (await store_handle[0].put.remote(values))[0]
+
+        self.courier = Courier(spec.key, lookup=lambda k: _lookup_actor(names, k),
+                               groups=spec.groups, threshold=spec.threshold, put=put)
+        self.sink_keys = [sink_key(spec.partition, s) for s in range(spec.sinks)]
+        self.inbox: asyncio.Queue[tuple[str, str, Message, list[Any],
+                                        dict[int, tuple[int, int]]]] = asyncio.Queue()
+        self.holding: Counter[str] = Counter()
+        self.latency = Histogram()
+        self.counters: Counter[str] = Counter()
+        self.active = 0
+        self.max_queue = 0
+        self.fatal: BaseException | None = None
+        self.workers = [asyncio.ensure_future(self._worker()) for _ in range(spec.workers)]
+        self.courier.start()
+
+    async def deliver(self, sender: str, keys: list[str], datas: list[bytes],
+                      refs: list[list[Any]] | None) -> tuple[str, list[str]]:
+        await self._ensure()
+        values, lost = await resolve(refs)
+        owed = self.courier.owed
+        for i, (message, mine, off) in enumerate(unpack(datas, refs, values) if not lost else
+                                                 self._unpack_lost(datas, refs, values, lost)):
+            if message is None:  # its offloaded payload is gone; the driver will restart it
+                owed[sender].append(keys[i])
+                self.counters["lost"] += 1
+                continue
+            self.holding[message.id] += 1
+            self.inbox.put_nowait((sender, keys[i], message, mine, off))
+        self.counters["in"] += len(keys)
+        depth = self.inbox.qsize() + self.active
+        if depth > self.max_queue:
+            self.max_queue = depth
+        return self.inc, owed.pop(sender, [])
+
+    def _unpack_lost(self, datas: list[bytes], refs: list[list[Any]] | None,
+                     values: dict[Any, list[str]], lost: set[int]) -> list[Any]:
+        out: list[Any] = []
+        for i, data in enumerate(datas):
+            if i in lost:
+                out.append((None, [], {}))
+            else:
+                out.extend(unpack([data], [refs[i]] if refs else None, values))
+        return out
+
+    async def poll(self, sender: str) -> tuple[str, list[str]]:
+        await self._ensure()
+        return self.inc, self.courier.owed.pop(sender, [])
+
+    async def _worker(self) -> None:
+        agent = self.agent
+        advance = self.workflow.advance
+        courier = self.courier
+        spec = self.spec
+        partitions, sinks = spec.partitions, spec.sinks
+        sink_keys = self.sink_keys
+        inbox = self.inbox
+        holding = self.holding
+        latency = self.latency
+        c = self.counters
+        while True:
+            sender, key, message, refs, off = await inbox.get()
+            self.active += 1
+            try:
+                base = len(message.history)
+                step = await agent.run(message)
+                message.history.append(step)
+                nxt = advance(message)
+                c["steps"] += 1
+                if step.latency:
+                    latency.add(step.latency)
+                if not step.ok:
+                    c["errors"] += 1
+                if step.attempts > 1:
+                    c["retries"] += step.attempts - 1
+                usage = step.usage
+                if usage:
+                    c["prompt_tokens"] += usage.get("prompt_tokens", 0)
+                    c["completion_tokens"] += usage.get("completion_tokens", 0)
+                if nxt is None:
+                    dest = sink_keys[sink_of(message.id, partitions, sinks)]
+                else:
+                    dest = courier.pick(nxt)
+                courier.send(dest, Entry(hop_key(message), message.id, message, refs=refs,
+                                         off=off, base=base, parent=(sender, key)))
+                c["out"] += 1
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:  # a runtime bug: stop the run loudly via the driver
+                self.fatal = exc
+                log.exception("role actor %s failed", spec.key)
+            finally:
+                self.active -= 1
+                n = holding[message.id] - 1
+                if n > 0:
+                    holding[message.id] = n
+                else:
+                    del holding[message.id]
+
+    async def held(self) -> list[str]:
+        await self._ensure()
+        return list(set(self.holding) | self.courier.held_ids())
+
+    async def status(self) -> dict[str, Any]:
+        await self._ensure()
+        counters = dict(self.counters)
+        counters.update({f"courier_{k}": v for k, v in self.courier.counters.items()})
+        fatal = self.fatal or self.courier.fatal
+        max_queue, self.max_queue = self.max_queue, self.inbox.qsize() + self.active
+        return {"key": self.spec.key, "role": self.spec.role, "inc": self.inc,
+                "counters": counters, "latency": self.latency,
+                "queue": self.inbox.qsize() + self.active, "max_queue": max_queue,
+                "retained": self.courier.pending(),
+                "fatal": None if fatal is None else repr(fatal)}
+
+    async def close(self) -> None:
+        """Stop cleanly (service sessions closed) before the driver kills the actor."""
+        if self._init_task is None or not self._init_task.done():
+            return
+        await self.courier.close()
+        for task in self.workers:
+            task.cancel()
+        for service in self.services.values():
+            with contextlib.suppress(Exception):
+                await service.stop()
+
+
+class SinkActor(_Base):
+    """Writes one shard; a record is acknowledged only once it is written to the OS."""
+
+    async def _init(self) -> None:
+        from peerflow.pipeline import Pipeline
+        from peerflow.sink import Sink
+
+        spec = self.spec
+        assert spec.shard is not None
+        self.pipeline = Pipeline(spec.config, open_data=False)
+        self.sink = Sink(Path(spec.shard), success_only=spec.success_only,
+                         flush_bytes=spec.flush_bytes)
+        self.sink.open()
+        self.recovered = len(self.sink.finished)
+        self.stats = RunStats()
+        self.new_ids: list[str] = []
+        self.wake = asyncio.Event()
+        self.counters: Counter[str] = Counter()
+        self.fatal: BaseException | None = None
+
+    async def open(self) -> tuple[str, list[str], int]:
+        """(incarnation, ids already in the shard, bytes of torn tail cut) for admission."""
+        await self._ensure()
+        return self.inc, list(self.sink.finished), self.sink.cut_bytes
+
+    async def deliver(self, sender: str, keys: list[str], datas: list[bytes],
+                      refs: list[list[Any]] | None) -> tuple[str, list[str]]:
+        await self._ensure()
+        values, lost = await resolve(refs)
+        sink = self.sink
+        finished = sink.finished
+        finish = self.pipeline.finish
+        stats = self.stats
+        new = self.new_ids
+        for i, data in enumerate(datas):
+            if i in lost:
+                self.counters["lost"] += 1
+                continue
+            ((message, _, _),) = unpack([data], [refs[i]] if refs else None, values)
+            fresh = message.id not in finished
+            finish(message, sink, stats)
+            if fresh:
+                new.append(message.id)
+        sink.flush()  # to the OS before acknowledging: a driver crash now loses nothing
+        self.counters["in"] += len(keys)
+        if new:
+            self.wake.set()
+        return self.inc, keys
+
+    async def poll(self, sender: str) -> tuple[str, list[str]]:
+        await self._ensure()
+        return self.inc, []
+
+    async def finished(self, known_inc: str | None,
+                       timeout: float) -> tuple[str, bool, list[str], RunStats]:
+        """Long poll: ids written since the last call, and the stats of their records.
+
+        A caller that knew another incarnation gets every id in the shard (`full`), since
+        what the dead incarnation wrote but never reported is only in the file now.
+        """
+        await self._ensure()
+        if known_inc != self.inc:
+            self.new_ids = []
+            stats, self.stats = self.stats, RunStats()
+            return self.inc, True, list(self.sink.finished), stats
+        if not self.new_ids:
+            self.wake.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), timeout)
+        ids, self.new_ids = self.new_ids, []
+        stats, self.stats = self.stats, RunStats()
+        return self.inc, False, ids, stats
+
+    async def held(self) -> list[str]:
+        return []
+
+    async def status(self) -> dict[str, Any]:
+        await self._ensure()
+        return {"key": self.spec.key, "role": "sink", "inc": self.inc,
+                "counters": {**self.counters, "written": self.sink.written,
+                             "duplicates": self.sink.duplicates},
+                "queue": 0, "max_queue": 0, "retained": 0,
+                "fatal": None if self.fatal is None else repr(self.fatal)}
+
+    async def close(self) -> None:
+        if self._init_task is not None and self._init_task.done():
+            self.sink.close()
+
+
+class StoreActor(_Base):
+    """Puts offloaded fields into the object store as their owner (see module docstring)."""
+
+    async def put(self, values: list[str]) -> list[Any]:
+        # Wrapped in a list so the caller receives the reference, not the value.
+        return [ray.put(values)]
+
+    async def status(self) -> dict[str, Any]:
+        return {"key": self.spec.key, "role": "store", "inc": self.inc, "counters": {},
+                "queue": 0, "max_queue": 0, "retained": 0, "fatal": None}
+
+    async def held(self) -> list[str]:
+        return []
+
+    async def close(self) -> None:
+        pass
