@@ -31,31 +31,52 @@ from peerflow.run import run_async
 
 def coral_dummy_config(data: Path, out: Path, max_in_flight: int) -> RunConfig:
     speaker = {"agent": "peerflow.recipes.coral:DummySpeaker", "workers": 1}
-    return RunConfig.model_validate({
-        "name": "coral-dummy",
-        "dataset": {"path": str(data), "id_field": "question_id",
-                    "fields": {"question": "question", "answer": "answer"}},
-        "task": {"message": "{{ question }}"},
-        "roles": {
-            "teacher": speaker, "student": speaker,
-            "extractor": {"agent": "peerflow.recipes.coral:DummyExtractor", "workers": 1},
-            "matcher": {"agent": "function", "function": "peerflow.recipes.coral:match",
-                        "workers": 1},
-        },
-        "workflow": {"kind": "loop", "check_after": "matcher", "max_turns": 20,
-                     "until": "peerflow.recipes.coral:finished",
-                     "roles": ["teacher", "extractor", "matcher", "student", "extractor", "matcher"]},
-        "runtime": {"kind": "local", "max_in_flight": max_in_flight, "progress": False},
-        "output": {"path": str(out)},
-        "metrics": "peerflow.recipes.coral:metrics",
-    })
+    return RunConfig.model_validate(
+        {
+            "name": "coral-dummy",
+            "dataset": {
+                "path": str(data),
+                "id_field": "question_id",
+                "fields": {"question": "question", "answer": "answer"},
+            },
+            "task": {"message": "{{ question }}"},
+            "roles": {
+                "teacher": speaker,
+                "student": speaker,
+                "extractor": {"agent": "peerflow.recipes.coral:DummyExtractor", "workers": 1},
+                "matcher": {
+                    "agent": "function",
+                    "function": "peerflow.recipes.coral:match",
+                    "workers": 1,
+                },
+            },
+            "workflow": {
+                "kind": "loop",
+                "check_after": "matcher",
+                "max_turns": 20,
+                "until": "peerflow.recipes.coral:finished",
+                "roles": ["teacher", "extractor", "matcher", "student", "extractor", "matcher"],
+            },
+            "runtime": {"kind": "local", "max_in_flight": max_in_flight, "progress": False},
+            "output": {"path": str(out)},
+            "metrics": "peerflow.recipes.coral:metrics",
+        }
+    )
 
 
 def write_rows(path: Path, n: int) -> None:
     with open(path, "w") as f:
         for i in range(n):
-            f.write(json.dumps({"question_id": f"q{i}", "question": f"Question {i}?",
-                                "answer": LETTERS[i % 10]}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "question_id": f"q{i}",
+                        "question": f"Question {i}?",
+                        "answer": LETTERS[i % 10],
+                    }
+                )
+                + "\n"
+            )
 
 
 class _Rec(msgspec.Struct):
@@ -79,7 +100,10 @@ async def bare_asyncio(rows: int, out: Path, in_flight: int) -> tuple[int, float
         start = rng.randrange(0, len(_TEXT) - n)
         p = 0.9 if turn + 1 >= 3 else 0.1
         letter = "A" if rng.random() < p else rng.choice(LETTERS[1:])
-        return {"role": "speaker", "content": f"{_TEXT[start:start + n]} The answer is ({letter})"}
+        return {
+            "role": "speaker",
+            "content": f"{_TEXT[start : start + n]} The answer is ({letter})",
+        }
 
     async def task(i: int) -> None:
         nonlocal steps, size
@@ -93,7 +117,9 @@ async def bare_asyncio(rows: int, out: Path, in_flight: int) -> tuple[int, float
             answers[who] = said["content"][-2]
             history.append({"role": "extractor", "content": said["content"][-3:]})
             await asyncio.sleep(0)
-            agree = answers.get("teacher") is not None and answers.get("teacher") == answers.get("student")
+            agree = answers.get("teacher") is not None and answers.get("teacher") == answers.get(
+                "student"
+            )
             history.append({"role": "matcher", "data": {"agree": agree}})
             await asyncio.sleep(0)
             steps += 3
@@ -136,17 +162,23 @@ async def main() -> None:
         t0 = time.perf_counter()
         summary = await run_async(config, pipeline=pipeline, progress=False)
         wall = time.perf_counter() - t0
-        lines = sum(1 for _ in open(out, "rb"))
+        lines = out.read_bytes().count(b"\n")
         mb = out.stat().st_size / 1e6
         steps = summary["steps"]
         pf_rate = steps / wall
-        print(f"peerflow local runtime: {args.rows} tasks, {steps} steps in {wall:.2f} s "
-              f"= {pf_rate:,.0f} steps/s, {args.rows / wall:,.0f} tasks/s; "
-              f"{lines} records, {mb:.1f} MB written")
-        b_steps, b_wall = await bare_asyncio(args.rows, Path(tmp) / "bare.jsonl", args.max_in_flight)
+        print(
+            f"peerflow local runtime: {args.rows} tasks, {steps} steps in {wall:.2f} s "
+            f"= {pf_rate:,.0f} steps/s, {args.rows / wall:,.0f} tasks/s; "
+            f"{lines} records, {mb:.1f} MB written"
+        )
+        b_steps, b_wall = await bare_asyncio(
+            args.rows, Path(tmp) / "bare.jsonl", args.max_in_flight
+        )
         b_rate = b_steps / b_wall
-        print(f"bare asyncio loop:      {args.rows} tasks, {b_steps} steps in {b_wall:.2f} s "
-              f"= {b_rate:,.0f} steps/s")
+        print(
+            f"bare asyncio loop:      {args.rows} tasks, {b_steps} steps in {b_wall:.2f} s "
+            f"= {b_rate:,.0f} steps/s"
+        )
         print(f"ratio peerflow / bare asyncio: {pf_rate / b_rate:.2f}")
 
 

@@ -26,10 +26,10 @@ from typing import Any
 import ray
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_local_runtime import coral_dummy_config, write_rows  # noqa: E402
+from bench_local_runtime import coral_dummy_config, write_rows
 
-from peerflow.pipeline import Pipeline  # noqa: E402
-from peerflow.run import run_async  # noqa: E402
+from peerflow.pipeline import Pipeline
+from peerflow.run import run_async
 
 _KB = b"x" * 1024
 

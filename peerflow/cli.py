@@ -16,23 +16,32 @@ def _print_summary(summary: dict[str, Any]) -> None:
     for name, label in summary["services"].items():
         print(f"service {name}: {label}", file=out)
     rate = summary["success_rate"]
-    print(f"records written this run: {summary['records_written']} "
-          f"(ok {summary['by_status'].get('ok', 0)}, success rate "
-          f"{'-' if rate is None else f'{rate:.1%}'}); already finished before: "
-          f"{summary['finished_before_this_run']}; total in output: "
-          f"{summary['total_records_in_output']}", file=out)
+    print(
+        f"records written this run: {summary['records_written']} "
+        f"(ok {summary['by_status'].get('ok', 0)}, success rate "
+        f"{'-' if rate is None else f'{rate:.1%}'}); already finished before: "
+        f"{summary['finished_before_this_run']}; total in output: "
+        f"{summary['total_records_in_output']}",
+        file=out,
+    )
     tokens = summary["tokens"]
-    print(f"wall {summary['wall_seconds']:.1f}s, {summary['tasks_per_second']:.2f} tasks/s, "
-          f"{summary['steps_per_second']:.0f} steps/s, tokens prompt {tokens['prompt']} "
-          f"completion {tokens['completion']} ({summary['completion_tokens_per_second']:.0f}/s)",
-          file=out)
+    print(
+        f"wall {summary['wall_seconds']:.1f}s, {summary['tasks_per_second']:.2f} tasks/s, "
+        f"{summary['steps_per_second']:.0f} steps/s, tokens prompt {tokens['prompt']} "
+        f"completion {tokens['completion']} ({summary['completion_tokens_per_second']:.0f}/s)",
+        file=out,
+    )
     for role, rs in summary["roles"].items():
         lat = rs["latency_seconds"]
-        print(f"  {role:<12} steps {rs['steps']:>7} errors {rs['errors']:>5} "
-              f"p50 {lat['p50'] * 1000:8.1f} ms  p95 {lat['p95'] * 1000:8.1f} ms", file=out)
+        print(
+            f"  {role:<12} steps {rs['steps']:>7} errors {rs['errors']:>5} "
+            f"p50 {lat['p50'] * 1000:8.1f} ms  p95 {lat['p95'] * 1000:8.1f} ms",
+            file=out,
+        )
     if summary["metrics"]:
-        print("metrics: " + ", ".join(f"{k}={v:.4g}" for k, v in summary["metrics"].items()),
-              file=out)
+        print(
+            "metrics: " + ", ".join(f"{k}={v:.4g}" for k, v in summary["metrics"].items()), file=out
+        )
     for sample in summary["error_samples"]:
         print(f"error sample: {sample}", file=out)
     print(f"output: {summary['output']}", file=out)
@@ -83,8 +92,11 @@ def main(argv: list[str] | None = None) -> None:
     p_check.add_argument("config")
     p_check.add_argument("overrides", nargs="*")
     p_check.set_defaults(fn=cmd_check)
-    sub.add_parser("sim-llm", help="serve the simulated OpenAI-compatible LLM (a measuring "
-                   "instrument, not a model); see `peerflow sim-llm --help`")
+    sub.add_parser(
+        "sim-llm",
+        help="serve the simulated OpenAI-compatible LLM (a measuring "
+        "instrument, not a model); see `peerflow sim-llm --help`",
+    )
     # Overrides may come before or after flags: collect every leftover key=value.
     args, rest = parser.parse_known_args(argv)
     stray = [a for a in rest if "=" not in a or a.startswith("-")]

@@ -54,6 +54,7 @@ class TaskConfig(Strict):
 
 # --- services --------------------------------------------------------------
 
+
 class _ClientOptions(Strict):
     timeout: float = Field(default=600.0, gt=0)
     connect_timeout: float = Field(default=10.0, gt=0)
@@ -101,6 +102,7 @@ ServiceConfig = Annotated[
 
 # --- roles -----------------------------------------------------------------
 
+
 class RoleConfig(BaseModel):
     """A role: which agent class runs it and how many copies.
 
@@ -122,6 +124,7 @@ class RoleConfig(BaseModel):
 
 
 # --- workflow --------------------------------------------------------------
+
 
 class _WorkflowBase(Strict):
     # Steps that return tool calls detour to this role, whose result goes back to the caller.
@@ -166,6 +169,7 @@ WorkflowConfig = Annotated[
 
 
 # --- runtime and output ----------------------------------------------------
+
 
 class RuntimeConfig(Strict):
     kind: Literal["local", "ray"] = "local"
@@ -224,6 +228,7 @@ class RunConfig(Strict):
 
 # --- loading ---------------------------------------------------------------
 
+
 def apply_override(data: dict[str, Any], override: str) -> None:
     """Apply one `a.b.c=value` override; the value is parsed as YAML (so 3, true, [a, b] work)."""
     if "=" not in override:
@@ -268,8 +273,11 @@ def _line_map(text: str) -> dict[tuple[str, ...], int]:
     return lines
 
 
-def format_errors(source: str, errors: list[tuple[tuple[str, ...], str]],
-                  lines: dict[tuple[str, ...], int] | None = None) -> str:
+def format_errors(
+    source: str,
+    errors: list[tuple[tuple[str, ...], str]],
+    lines: dict[tuple[str, ...], int] | None = None,
+) -> str:
     out = []
     for path, msg in errors:
         where = ".".join(path) or "<top>"
@@ -311,7 +319,9 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     try:
         config = RunConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(format_errors(str(path), _strip_tags(validation_errors(exc)), lines)) from None
+        raise ConfigError(
+            format_errors(str(path), _strip_tags(validation_errors(exc)), lines)
+        ) from None
     config.base_dir = path.resolve().parent
     config._source = str(path)
     config._lines = lines

@@ -99,8 +99,9 @@ class Message(msgspec.Struct, omit_defaults=True):
         return prompt, completion
 
 
-def new_message(task_id: str, row: dict[str, Any], vars: dict[str, Any], *,
-                trial: int = 0, seed: int = 0) -> Message:
+def new_message(
+    task_id: str, row: dict[str, Any], vars: dict[str, Any], *, trial: int = 0, seed: int = 0
+) -> Message:
     return Message(id=task_id, row=row, vars=vars, trial=trial, seed=seed, created=time.time())
 
 
@@ -117,7 +118,9 @@ def to_json(message: Message) -> bytes:
 def from_json(data: bytes | str) -> Message:
     message = _decoder.decode(data)
     if message.v > SCHEMA_VERSION:
-        raise ValueError(f"message schema v{message.v} is newer than this peerflow (v{SCHEMA_VERSION})")
+        raise ValueError(
+            f"message schema v{message.v} is newer than this peerflow (v{SCHEMA_VERSION})"
+        )
     return message
 
 

@@ -54,8 +54,9 @@ class Pipeline:
                 continue
             service = getattr(options, "service", None)
             if service is not None and service not in config.services:
-                errors.append((("roles", role, "service"),
-                               f"no service named {service!r} under services"))
+                errors.append(
+                    (("roles", role, "service"), f"no service named {service!r} under services")
+                )
             self.agent_specs[role] = (cls, options)
         if self.workflow is not None:
             for role in sorted(unknown_roles(self.workflow, config.roles)):
@@ -90,7 +91,9 @@ class Pipeline:
         return {name: build_service(name, cfg) for name, cfg in self.config.services.items()}
 
     def agents(self, services: Mapping[str, Service]) -> dict[str, Agent]:
-        return {role: cls(role, options, services) for role, (cls, options) in self.agent_specs.items()}
+        return {
+            role: cls(role, options, services) for role, (cls, options) in self.agent_specs.items()
+        }
 
     # --- tasks ---------------------------------------------------------------
     def tasks(self, finished: set[str] | frozenset[str] = frozenset()) -> Iterator[Message]:
@@ -116,19 +119,23 @@ class Pipeline:
                 if task_id in finished:
                     self.skipped += 1
                     continue
-                message = new_message(task_id, raw.row, {}, trial=trial, seed=task_seed(seed, task_id))
+                message = new_message(
+                    task_id, raw.row, {}, trial=trial, seed=task_seed(seed, task_id)
+                )
                 try:
                     message.vars = map_fields(raw.row, fields)
                 except RowError as exc:
-                    yield message.fail("input", f"row {raw.index}: {exc.message}",
-                                       index=raw.index, field=exc.field)
+                    yield message.fail(
+                        "input", f"row {raw.index}: {exc.message}", index=raw.index, field=exc.field
+                    )
                     continue
                 if template is not None:
                     try:
                         text = template.render(**message.vars, vars=message.vars, row=raw.row)
                     except Exception as exc:
-                        yield message.fail("input", f"row {raw.index}: task.message: {exc}",
-                                           index=raw.index)
+                        yield message.fail(
+                            "input", f"row {raw.index}: task.message: {exc}", index=raw.index
+                        )
                         continue
                     message.history.append(Step(role=TASK_ROLE, content=text, started=time.time()))
                 yield message

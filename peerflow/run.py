@@ -16,8 +16,10 @@ from peerflow.runtimes import get_runtime
 from peerflow.sink import Sink
 from peerflow.stats import RunStats
 
-SIMULATOR_NOTE = ("SIMULATED LLM (peerflow sim-llm): replies are filler text from a timing "
-                  "simulator, not model output")
+SIMULATOR_NOTE = (
+    "SIMULATED LLM (peerflow sim-llm): replies are filler text from a timing "
+    "simulator, not model output"
+)
 
 
 def summary_path(config: RunConfig) -> Path:
@@ -39,11 +41,15 @@ def service_labels(config: RunConfig) -> dict[str, str]:
     return labels
 
 
-async def run_async(config: RunConfig, *, pipeline: Pipeline | None = None,
-                    progress: bool | None = None) -> dict[str, Any]:
+async def run_async(
+    config: RunConfig, *, pipeline: Pipeline | None = None, progress: bool | None = None
+) -> dict[str, Any]:
     pipeline = pipeline or Pipeline(config)
-    sink = Sink(config.resolve(config.output.path), success_only=config.output.success_only,
-                flush_bytes=config.output.flush_bytes)
+    sink = Sink(
+        config.resolve(config.output.path),
+        success_only=config.output.success_only,
+        flush_bytes=config.output.flush_bytes,
+    )
     sink.open()
     already = len(sink.finished)
     stats = RunStats()
@@ -52,9 +58,14 @@ async def run_async(config: RunConfig, *, pipeline: Pipeline | None = None,
     bar = None
     if show:
         total = _known_total(pipeline)
-        bar = asyncio.create_task(show_progress(
-            stats, lambda: runtime.in_flight, total=None if total is None else max(total - already, 0),
-            label=config.name))
+        bar = asyncio.create_task(
+            show_progress(
+                stats,
+                lambda: runtime.in_flight,
+                total=None if total is None else max(total - already, 0),
+                label=config.name,
+            )
+        )
     try:
         await runtime.run(pipeline, sink, stats)
     finally:
@@ -64,9 +75,13 @@ async def run_async(config: RunConfig, *, pipeline: Pipeline | None = None,
                 await bar
         sink.close()
     summary = stats.summary(
-        name=config.name, runtime=runtime.name, output=str(sink.path),
-        services=service_labels(config), finished_before_this_run=already,
-        total_records_in_output=len(sink.finished), cut_torn_bytes=sink.cut_bytes,
+        name=config.name,
+        runtime=runtime.name,
+        output=str(sink.path),
+        services=service_labels(config),
+        finished_before_this_run=already,
+        total_records_in_output=len(sink.finished),
+        cut_torn_bytes=sink.cut_bytes,
     )
     path = summary_path(config)
     tmp = path.with_name(path.name + ".tmp")
@@ -76,14 +91,9 @@ async def run_async(config: RunConfig, *, pipeline: Pipeline | None = None,
 
 
 def _known_total(pipeline: Pipeline) -> int | None:
-    dataset = pipeline.dataset
-    size = getattr(dataset, "__len__", None)
-    if size is None:
-        return None
-    try:
-        return size() * pipeline.config.task.trials
-    except TypeError:
-        return None
+    """The bar's total, when it is known without reading the dataset."""
+    limit = pipeline.config.dataset.limit
+    return None if limit is None else limit * pipeline.config.task.trials
 
 
 def run(config: RunConfig, **kw: Any) -> dict[str, Any]:

@@ -53,8 +53,14 @@ _encoder = msgspec.json.Encoder()
 def to_record(message: Message, metrics: dict[str, Any] | None = None) -> OutputRecord:
     prompt, completion = message.tokens()
     return OutputRecord(
-        id=message.id, status=message.status, row=message.row, history=message.history,
-        error=message.error, trial=message.trial, seed=message.seed, created=message.created,
+        id=message.id,
+        status=message.status,
+        row=message.row,
+        history=message.history,
+        error=message.error,
+        trial=message.trial,
+        seed=message.seed,
+        created=message.created,
         finished=message.finished,
         tokens={"prompt": prompt, "completion": completion} if prompt or completion else None,
         metrics=metrics,

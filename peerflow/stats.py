@@ -19,7 +19,7 @@ _MIN_LATENCY = 1e-6
 
 
 class Histogram:
-    __slots__ = ("buckets", "count", "total", "max")
+    __slots__ = ("buckets", "count", "max", "total")
 
     def __init__(self) -> None:
         self.buckets: dict[int, int] = defaultdict(int)
@@ -56,13 +56,15 @@ class Histogram:
     def summary(self) -> dict[str, float]:
         return {
             "mean": self.total / self.count if self.count else 0.0,
-            "p50": self.quantile(0.5), "p95": self.quantile(0.95), "p99": self.quantile(0.99),
+            "p50": self.quantile(0.5),
+            "p95": self.quantile(0.95),
+            "p99": self.quantile(0.99),
             "max": self.max,
         }
 
 
 class RoleStats:
-    __slots__ = ("errors", "latency", "prompt_tokens", "completion_tokens", "retries")
+    __slots__ = ("completion_tokens", "errors", "latency", "prompt_tokens", "retries")
 
     def __init__(self) -> None:
         self.latency = Histogram()
@@ -95,6 +97,8 @@ class RunStats:
             self.task_latency.add(message.finished - message.created)
         roles = self.roles
         for step in message.history:
+            if step.role == "task":  # the task's opening message, not an agent step
+                continue
             rs = roles.get(step.role)
             if rs is None:
                 rs = roles[step.role] = RoleStats()
@@ -148,12 +152,17 @@ class RunStats:
             "task_latency_seconds": self.task_latency.summary(),
             "roles": {
                 role: {
-                    "steps": rs.latency.count, "errors": rs.errors, "retries": rs.retries,
-                    "prompt_tokens": rs.prompt_tokens, "completion_tokens": rs.completion_tokens,
+                    "steps": rs.latency.count,
+                    "errors": rs.errors,
+                    "retries": rs.retries,
+                    "prompt_tokens": rs.prompt_tokens,
+                    "completion_tokens": rs.completion_tokens,
                     "latency_seconds": rs.latency.summary(),
                 }
                 for role, rs in sorted(self.roles.items())
             },
-            "metrics": {k: self.metric_sums[k] / self.metric_counts[k] for k in sorted(self.metric_sums)},
+            "metrics": {
+                k: self.metric_sums[k] / self.metric_counts[k] for k in sorted(self.metric_sums)
+            },
             "error_samples": self.error_samples,
         }

@@ -47,8 +47,11 @@ class ToolCaller(Agent):
         last = message.history[-1] if message.history else None
         if last is not None and last.tool_call_id:
             return Step(role=self.role, content=f"final:{last.content}")
-        call = {"id": f"call-{message.id}", "type": "function",
-                "function": {"name": "add", "arguments": '{"a": 2, "b": 3}'}}
+        call = {
+            "id": f"call-{message.id}",
+            "type": "function",
+            "function": {"name": "add", "arguments": '{"a": 2, "b": 3}'},
+        }
         return Step(role=self.role, tool_calls=[call])
 
 

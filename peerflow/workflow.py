@@ -107,8 +107,15 @@ class Loop(Workflow):
     step), or, without `check_after`, after each full pass through `roles`.
     """
 
-    def __init__(self, roles: list[str], *, until: Condition | None = None,
-                 check_after: str | None = None, max_turns: int = 10, **kw: Any):
+    def __init__(
+        self,
+        roles: list[str],
+        *,
+        until: Condition | None = None,
+        check_after: str | None = None,
+        max_turns: int = 10,
+        **kw: Any,
+    ):
         super().__init__(**kw)
         self.order = list(roles)
         self.until = until
@@ -127,8 +134,11 @@ class Loop(Workflow):
         route = message.route
         pos = route["pos"] + 1
         n = len(self.order)
-        turn_ended = (message.history[-1].role == self.check_after
-                      if self.check_after is not None else pos == n)
+        turn_ended = (
+            message.history[-1].role == self.check_after
+            if self.check_after is not None
+            else pos == n
+        )
         if turn_ended:
             route["turns"] += 1
             if self.until is not None and self.until(message):
@@ -199,8 +209,13 @@ def build_workflow(config: Any) -> Workflow:
         return Sequence(config.roles, **common)
     if kind == "loop":
         until = load_object(config.until, what="workflow.until") if config.until else None
-        return Loop(config.roles, until=until, check_after=config.check_after,
-                    max_turns=config.max_turns, **common)
+        return Loop(
+            config.roles,
+            until=until,
+            check_after=config.check_after,
+            max_turns=config.max_turns,
+            **common,
+        )
     if kind == "graph":
         edges: dict[str, list[tuple[str, Condition | None]]] = {}
         for node, spec in config.edges.items():

@@ -19,14 +19,19 @@ def config(tmp: Path, rows: int, max_in_flight: int) -> RunConfig:
     with open(data, "w") as f:
         for i in range(rows):
             f.write(json.dumps({"id": f"r{i}", "text": "x" * 200}) + "\n")
-    return RunConfig.model_validate({
-        "dataset": {"path": str(data), "id_field": "id"},
-        "task": {"message": "{{ text }}"},
-        "roles": {"a": {"agent": "peerflow.testing:Echo"}, "b": {"agent": "peerflow.testing:Echo"}},
-        "workflow": {"kind": "sequence", "roles": ["a", "b"]},
-        "runtime": {"max_in_flight": max_in_flight, "progress": False},
-        "output": {"path": str(tmp / f"out{rows}.jsonl")},
-    })
+    return RunConfig.model_validate(
+        {
+            "dataset": {"path": str(data), "id_field": "id"},
+            "task": {"message": "{{ text }}"},
+            "roles": {
+                "a": {"agent": "peerflow.testing:Echo"},
+                "b": {"agent": "peerflow.testing:Echo"},
+            },
+            "workflow": {"kind": "sequence", "roles": ["a", "b"]},
+            "runtime": {"max_in_flight": max_in_flight, "progress": False},
+            "output": {"path": str(tmp / f"out{rows}.jsonl")},
+        }
+    )
 
 
 async def peak_bytes(cfg: RunConfig) -> int:

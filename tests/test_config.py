@@ -38,7 +38,9 @@ def test_valid_config_resolves_paths_against_its_own_directory(tmp_path: Path) -
 
 
 def test_unknown_key_names_its_path_and_line(tmp_path: Path) -> None:
-    text = BASE.replace("output:\n  path: out.jsonl", "output:\n  path: out.jsonl\n  sucess_only: true")
+    text = BASE.replace(
+        "output:\n  path: out.jsonl", "output:\n  path: out.jsonl\n  sucess_only: true"
+    )
     with pytest.raises(ConfigError) as err:
         load_config(write(tmp_path, text))
     assert "output.sucess_only: unknown key" in str(err.value)
@@ -46,14 +48,20 @@ def test_unknown_key_names_its_path_and_line(tmp_path: Path) -> None:
 
 
 def test_unknown_service_key_without_union_tag(tmp_path: Path) -> None:
-    text = BASE + "services:\n  llm:\n    kind: openai\n    model: m\n    endpoints: [http://x/v1]\n    temprature: 1\n"
+    text = (
+        BASE
+        + "services:\n  llm:\n    kind: openai\n    model: m\n"
+        + "    endpoints: [http://x/v1]\n    temprature: 1\n"
+    )
     with pytest.raises(ConfigError) as err:
         load_config(write(tmp_path, text))
     assert "services.llm.temprature: unknown key" in str(err.value)
 
 
 def test_unknown_agent_option_is_reported_before_the_run(tmp_path: Path) -> None:
-    text = BASE.replace("agent: peerflow.testing:Echo", "agent: peerflow.testing:Echo\n    dellay: 1")
+    text = BASE.replace(
+        "agent: peerflow.testing:Echo", "agent: peerflow.testing:Echo\n    dellay: 1"
+    )
     config = load_config(write(tmp_path, text))
     with pytest.raises(ConfigError, match=r"c\.yaml:7: roles\.a\.dellay: unknown key"):
         Pipeline(config)
@@ -78,12 +86,14 @@ def test_llm_role_with_unknown_service(tmp_path: Path) -> None:
 
 
 def test_overrides_parse_yaml_values_and_create_paths(tmp_path: Path) -> None:
-    config = load_config(write(tmp_path, BASE), ["runtime.max_in_flight=7", "dataset.limit=3",
-                                                 "output.success_only=true"])
+    config = load_config(
+        write(tmp_path, BASE),
+        ["runtime.max_in_flight=7", "dataset.limit=3", "output.success_only=true"],
+    )
     assert config.runtime.max_in_flight == 7
     assert config.dataset.limit == 3
     assert config.output.success_only is True
-    with pytest.raises(ConfigError, match="expected key.path=value"):
+    with pytest.raises(ConfigError, match=r"expected key\.path=value"):
         load_config(write(tmp_path, BASE), ["runtime.max_in_flight"])
 
 

@@ -24,8 +24,15 @@ try:
 except ImportError:
     HAVE_RAY = False
 
-RUNTIMES = ["local", pytest.param("ray", marks=pytest.mark.skipif(
-    not HAVE_RAY, reason="ray is not installed (pip install 'peerflow[ray]')"))]
+RUNTIMES = [
+    "local",
+    pytest.param(
+        "ray",
+        marks=pytest.mark.skipif(
+            not HAVE_RAY, reason="ray is not installed (pip install 'peerflow[ray]')"
+        ),
+    ),
+]
 
 ECHO = "peerflow.testing:Echo"
 
@@ -58,12 +65,21 @@ def write_rows(path: Path, n: int, extra: str = "") -> Path:
     return path
 
 
-def make_config(tmp: Path, kind: str, *, rows: int = 20, roles: dict[str, Any] | None = None,
-                workflow: dict[str, Any] | None = None, **sections: Any) -> RunConfig:
+def make_config(
+    tmp: Path,
+    kind: str,
+    *,
+    rows: int = 20,
+    roles: dict[str, Any] | None = None,
+    workflow: dict[str, Any] | None = None,
+    **sections: Any,
+) -> RunConfig:
     data = {
         "name": "conformance",
-        "dataset": {"path": str(write_rows(tmp / "rows.jsonl", rows, sections.pop("extra", ""))),
-                    "id_field": "id"},
+        "dataset": {
+            "path": str(write_rows(tmp / "rows.jsonl", rows, sections.pop("extra", ""))),
+            "id_field": "id",
+        },
         "task": {"message": "task {{ n }}"},
         "roles": roles or {"a": {"agent": ECHO}, "b": {"agent": ECHO}},
         "workflow": workflow or {"kind": "sequence", "roles": ["a", "b"]},
@@ -100,8 +116,13 @@ async def test_sequence_visits_roles_in_order_once_per_row(tmp_path: Path, runti
 
 
 async def test_loop_stops_on_condition_or_turn_cap(tmp_path: Path, runtime: str) -> None:
-    loop = {"kind": "loop", "roles": ["a", "b"], "until": "peerflow.testing:stop_after_two",
-            "check_after": "b", "max_turns": 5}
+    loop = {
+        "kind": "loop",
+        "roles": ["a", "b"],
+        "until": "peerflow.testing:stop_after_two",
+        "check_after": "b",
+        "max_turns": 5,
+    }
     _, records = await run(make_config(tmp_path, runtime, workflow=loop))
     assert all(roles_of(r) == ["task", "a", "b", "a", "b"] for r in records)
 
@@ -113,12 +134,22 @@ async def test_loop_stops_on_condition_or_turn_cap(tmp_path: Path, runtime: str)
 
 
 async def test_graph_follows_conditional_edges(tmp_path: Path, runtime: str) -> None:
-    roles = {"a": {"agent": ECHO}, "judge": {"agent": "function", "function": "peerflow.testing:parity"},
-             "even": {"agent": ECHO}, "odd": {"agent": ECHO}}
-    graph = {"kind": "graph", "start": "a", "edges": {
-        "a": "judge",
-        "judge": [{"to": "even", "when": {"even": True}}, {"to": "odd"}],
-        "even": "end", "odd": "end"}}
+    roles = {
+        "a": {"agent": ECHO},
+        "judge": {"agent": "function", "function": "peerflow.testing:parity"},
+        "even": {"agent": ECHO},
+        "odd": {"agent": ECHO},
+    }
+    graph = {
+        "kind": "graph",
+        "start": "a",
+        "edges": {
+            "a": "judge",
+            "judge": [{"to": "even", "when": {"even": True}}, {"to": "odd"}],
+            "even": "end",
+            "odd": "end",
+        },
+    }
     _, records = await run(make_config(tmp_path, runtime, roles=roles, workflow=graph))
     assert len(records) == 20
     for r in records:
@@ -127,8 +158,11 @@ async def test_graph_follows_conditional_edges(tmp_path: Path, runtime: str) -> 
 
 
 async def test_tool_calls_detour_and_return_to_caller(tmp_path: Path, runtime: str) -> None:
-    roles = {"assistant": {"agent": "peerflow.testing:ToolCaller"},
-             "tools": {"agent": "peerflow.testing:Adder"}, "b": {"agent": ECHO}}
+    roles = {
+        "assistant": {"agent": "peerflow.testing:ToolCaller"},
+        "tools": {"agent": "peerflow.testing:Adder"},
+        "b": {"agent": ECHO},
+    }
     workflow = {"kind": "sequence", "roles": ["assistant", "b"], "tool_role": "tools"}
     _, records = await run(make_config(tmp_path, runtime, roles=roles, workflow=workflow))
     for r in records:
@@ -138,8 +172,7 @@ async def test_tool_calls_detour_and_return_to_caller(tmp_path: Path, runtime: s
 
 async def test_exactly_once_under_back_pressure(tmp_path: Path, runtime: str) -> None:
     roles = {"a": {"agent": ECHO, "delay": 0.001}, "b": {"agent": ECHO}}
-    config = make_config(tmp_path, runtime, rows=300, roles=roles,
-                         runtime={"max_in_flight": 3})
+    config = make_config(tmp_path, runtime, rows=300, roles=roles, runtime={"max_in_flight": 3})
     summary, records = await run(config)
     ids = [r["id"] for r in records]
     assert len(ids) == 300 and len(set(ids)) == 300
@@ -159,10 +192,17 @@ async def test_agent_exception_fails_only_its_row(tmp_path: Path, runtime: str) 
     assert summary["by_status"] == {"ok": 19, "error": 1}
 
 
-async def test_bad_rows_become_error_records_and_the_run_goes_on(tmp_path: Path, runtime: str) -> None:
+async def test_bad_rows_become_error_records_and_the_run_goes_on(
+    tmp_path: Path, runtime: str
+) -> None:
     extra = '{"id": "broken", "n": \n[1, 2]\n{"id": "nofield"}\n'
-    config = make_config(tmp_path, runtime, rows=5, extra=extra,
-                         dataset={"fields": {"n": {"column": "n", "type": "int"}}})
+    config = make_config(
+        tmp_path,
+        runtime,
+        rows=5,
+        extra=extra,
+        dataset={"fields": {"n": {"column": "n", "type": "int"}}},
+    )
     summary, records = await run(config)
     assert len(records) == 8
     errors = {r["id"]: r["error"] for r in records if r["status"] == "error"}
@@ -193,5 +233,7 @@ async def test_rerun_resumes_without_redoing_finished_rows(tmp_path: Path, runti
 async def test_trials_give_distinct_ids_and_seeds(tmp_path: Path, runtime: str) -> None:
     config = make_config(tmp_path, runtime, rows=4, task={"message": "t", "trials": 3, "seed": 5})
     _, records = await run(config)
-    assert sorted(r["id"] for r in records) == sorted(f"r{i}#{t}" for i in range(4) for t in range(3))
+    assert sorted(r["id"] for r in records) == sorted(
+        f"r{i}#{t}" for i in range(4) for t in range(3)
+    )
     assert len({r["seed"] for r in records}) == 12

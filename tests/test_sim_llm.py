@@ -41,8 +41,9 @@ def sim() -> Sim:
         server = SimLLMServer(SimOptions(**opts))
         await server.start()
         conn = aiohttp.TCPConnector(limit=0)
+        timeout = aiohttp.ClientTimeout(total=20)  # an engine deadlock fails instead of hanging
         try:
-            async with aiohttp.ClientSession(connector=conn) as session:
+            async with aiohttp.ClientSession(connector=conn, timeout=timeout) as session:
                 yield server, session
         finally:
             await server.stop()

@@ -12,7 +12,9 @@ from peerflow.sink import Sink, errors_path
 
 def msg(i: int, status: str = "ok") -> Message:
     m = new_message(f"id{i}", {"n": i}, {"n": i})
-    m.history.append(Step(role="a", content="x" * 50, usage={"prompt_tokens": 3, "completion_tokens": 4}))
+    m.history.append(
+        Step(role="a", content="x" * 50, usage={"prompt_tokens": 3, "completion_tokens": 4})
+    )
     m.status = status
     return m
 
@@ -76,11 +78,23 @@ def test_zstd_output_is_frames_and_survives_a_torn_frame(tmp_path: Path) -> None
     assert again.finished == {"id0", "id1", "id2", "id3"}
     again.write(msg(5))
     again.close()
-    text = zstandard.ZstdDecompressor().stream_reader(path.read_bytes(), read_across_frames=True).read()
-    assert [json.loads(line)["id"] for line in text.splitlines()] == ["id0", "id1", "id2", "id3", "id5"]
+    text = (
+        zstandard.ZstdDecompressor()
+        .stream_reader(path.read_bytes(), read_across_frames=True)
+        .read()
+    )
+    assert [json.loads(line)["id"] for line in text.splitlines()] == [
+        "id0",
+        "id1",
+        "id2",
+        "id3",
+        "id5",
+    ]
 
 
-def test_success_only_sends_errors_to_a_sidecar_that_also_counts_as_finished(tmp_path: Path) -> None:
+def test_success_only_sends_errors_to_a_sidecar_that_also_counts_as_finished(
+    tmp_path: Path,
+) -> None:
     path = tmp_path / "o.jsonl"
     sink = Sink(path, success_only=True)
     sink.open()
@@ -95,7 +109,8 @@ def test_success_only_sends_errors_to_a_sidecar_that_also_counts_as_finished(tmp
     again.close()
 
 
-@pytest.mark.parametrize("name,expected", [("a.jsonl", "a.errors.jsonl"),
-                                           ("a.jsonl.zst", "a.errors.jsonl.zst")])
+@pytest.mark.parametrize(
+    "name,expected", [("a.jsonl", "a.errors.jsonl"), ("a.jsonl.zst", "a.errors.jsonl.zst")]
+)
 def test_errors_path(name: str, expected: str) -> None:
     assert errors_path(Path(name)).name == expected

@@ -25,10 +25,20 @@ def drive(workflow, msg: Message, data=None, limit: int = 50) -> list[str]:
 
 def test_message_round_trips_through_json_msgpack_and_pickle() -> None:
     msg = message()
-    msg.history.append(Step(role="a", content="hi", usage={"prompt_tokens": 1, "completion_tokens": 2},
-                            tool_calls=[{"id": "c"}]))
+    msg.history.append(
+        Step(
+            role="a",
+            content="hi",
+            usage={"prompt_tokens": 1, "completion_tokens": 2},
+            tool_calls=[{"id": "c"}],
+        )
+    )
     msg.route["pos"] = 1
-    for back in (from_json(to_json(msg)), from_bytes(to_bytes(msg)), pickle.loads(pickle.dumps(msg))):
+    for back in (
+        from_json(to_json(msg)),
+        from_bytes(to_bytes(msg)),
+        pickle.loads(pickle.dumps(msg)),
+    ):
         assert back == msg
     assert msg.tokens() == (1, 2)
 
@@ -46,9 +56,12 @@ def test_sequence() -> None:
 
 
 def test_loop_checks_condition_after_the_named_role_and_caps_turns() -> None:
-    wf = Loop(["s", "m"], check_after="m", max_turns=4,
-              until=lambda msg: msg.history[-1].data["agree"])
-    assert drive(wf, message(), lambda role, msg: {"agree": len(msg.history) >= 5}) == ["s", "m"] * 3
+    wf = Loop(
+        ["s", "m"], check_after="m", max_turns=4, until=lambda msg: msg.history[-1].data["agree"]
+    )
+    assert (
+        drive(wf, message(), lambda role, msg: {"agree": len(msg.history) >= 5}) == ["s", "m"] * 3
+    )
     assert drive(wf, message(), lambda role, msg: {"agree": False}) == ["s", "m"] * 4
 
 
@@ -70,12 +83,21 @@ def test_max_steps_caps_any_workflow() -> None:
 
 
 def test_stop_in_step_data_ends_the_task() -> None:
-    assert drive(Sequence(["a", "b", "c"]), message(), lambda role, msg: {"stop": role == "b"}) == ["a", "b"]
+    assert drive(Sequence(["a", "b", "c"]), message(), lambda role, msg: {"stop": role == "b"}) == [
+        "a",
+        "b",
+    ]
 
 
 def test_graph_conditional_edges() -> None:
-    wf = Graph("judge", {"judge": [("yes", data_matches({"ok": True})), ("no", None)],
-                         "yes": [("end", None)], "no": [("end", None)]})
+    wf = Graph(
+        "judge",
+        {
+            "judge": [("yes", data_matches({"ok": True})), ("no", None)],
+            "yes": [("end", None)],
+            "no": [("end", None)],
+        },
+    )
     assert drive(wf, message(), lambda role, msg: {"ok": True}) == ["judge", "yes"]
     assert drive(wf, message(), lambda role, msg: {"ok": False}) == ["judge", "no"]
     assert wf.roles() == {"judge", "yes", "no"}

@@ -38,4 +38,4 @@ def build_agent(cls: type[Agent], role: str, options: AgentOptions,
     return cls(role, options, services)
 
 
-__all__ += ["build_agent", "ValidationError"]
+__all__ += ["ValidationError", "build_agent"]

@@ -55,8 +55,12 @@ class Agent:
             result = await self.process(message, request)
             step = await self.postprocess(message, result)
         except Exception as exc:
-            step = Step(role=self.role, ok=False, error=f"{type(exc).__name__}: {exc}",
-                        attempts=getattr(exc, "attempts", 0))
+            step = Step(
+                role=self.role,
+                ok=False,
+                error=f"{type(exc).__name__}: {exc}",
+                attempts=getattr(exc, "attempts", 0),
+            )
         step.started = started
         step.latency = time.time() - started
         return step
@@ -68,13 +72,21 @@ def to_step(role: str, result: Any) -> Step:
         result.role = role
         return result
     if isinstance(result, ChatResult):
-        return Step(role=role, content=result.content, tool_calls=result.tool_calls,
-                    usage=result.usage, model=result.model, attempts=result.attempts)
+        return Step(
+            role=role,
+            content=result.content,
+            tool_calls=result.tool_calls,
+            usage=result.usage,
+            model=result.model,
+            attempts=result.attempts,
+        )
     if isinstance(result, str):
         return Step(role=role, content=result)
     if isinstance(result, dict):
         return Step(role=role, data=result)
     if result is None:
         return Step(role=role)
-    raise TypeError(f"agent for role {role!r} returned {type(result).__name__}; "
-                    "expected Step, str, dict or None")
+    raise TypeError(
+        f"agent for role {role!r} returned {type(result).__name__}; "
+        "expected Step, str, dict or None"
+    )

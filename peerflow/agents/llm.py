@@ -23,8 +23,9 @@ from peerflow.services.base import ChatResult, Service
 
 TASK_ROLE = "task"
 
-_env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False,
-                          autoescape=False)
+_env = jinja2.Environment(
+    undefined=jinja2.StrictUndefined, keep_trailing_newline=False, autoescape=False
+)
 
 
 class LLMOptions(AgentOptions):
@@ -44,7 +45,9 @@ def compile_template(source: str | None, where: str) -> jinja2.Template | None:
     try:
         return _env.from_string(source)
     except jinja2.TemplateSyntaxError as exc:
-        raise ValueError(f"{where}: template syntax error on line {exc.lineno}: {exc.message}") from None
+        raise ValueError(
+            f"{where}: template syntax error on line {exc.lineno}: {exc.message}"
+        ) from None
 
 
 class LLMAgent(Agent):
@@ -54,17 +57,28 @@ class LLMAgent(Agent):
     def __init__(self, role: str, options: LLMOptions, services: Mapping[str, Service]):
         super().__init__(role, options, services)
         if options.service not in services:
-            raise ValueError(f"roles.{role}.service: no service named {options.service!r} "
-                             f"(services: {', '.join(sorted(services)) or 'none'})")
+            raise ValueError(
+                f"roles.{role}.service: no service named {options.service!r} "
+                f"(services: {', '.join(sorted(services)) or 'none'})"
+            )
         self.service = services[options.service]
         self.system = compile_template(options.system, f"roles.{role}.system")
         self.prompt = compile_template(options.prompt, f"roles.{role}.prompt")
         self.dialogue = set(options.conversation or ())
-        self.parse_fn = load_object(options.parse, what=f"roles.{role}.parse") if options.parse else None
+        self.parse_fn = (
+            load_object(options.parse, what=f"roles.{role}.parse") if options.parse else None
+        )
 
     def context(self, message: Message) -> dict[str, Any]:
-        return {**message.vars, "vars": message.vars, "row": message.row, "message": message,
-                "history": message.history, "last": message.last, "role": self.role}
+        return {
+            **message.vars,
+            "vars": message.vars,
+            "row": message.row,
+            "message": message,
+            "history": message.history,
+            "last": message.last,
+            "role": self.role,
+        }
 
     def chat(self, message: Message) -> list[dict[str, Any]]:
         ctx = self.context(message) if (self.system or self.prompt) else {}
@@ -82,8 +96,13 @@ class LLMAgent(Agent):
                         entry["tool_calls"] = step.tool_calls
                     chat.append(entry)
                 elif step.tool_call_id:
-                    chat.append({"role": "tool", "tool_call_id": step.tool_call_id,
-                                 "content": step.content or ""})
+                    chat.append(
+                        {
+                            "role": "tool",
+                            "tool_call_id": step.tool_call_id,
+                            "content": step.content or "",
+                        }
+                    )
                 else:
                     _add(chat, "user", step.content or "")
         if self.prompt is not None:
@@ -113,7 +132,7 @@ class LLMAgent(Agent):
 
 
 def _add(chat: list[dict[str, Any]], role: str, content: str) -> None:
-    """Append, merging with a previous message of the same role (many servers require alternation)."""
+    """Append, merging into a previous message of the same role: many servers need alternation."""
     if chat and chat[-1]["role"] == role and "tool_calls" not in chat[-1]:
         chat[-1] = {**chat[-1], "content": f"{chat[-1]['content']}\n\n{content}"}
     else:

@@ -43,7 +43,7 @@ def extract_answer(message: Message, text: str) -> dict[str, Any]:
 
 
 def latest_answers(message: Message) -> dict[str, str | None]:
-    """Each speaker's latest extracted answer (an unclear later turn does not erase an earlier one)."""
+    """Each speaker's latest extracted answer; an unclear later turn keeps the earlier one."""
     answers: dict[str, str | None] = {"teacher": None, "student": None}
     for step in message.history:
         data = step.data
@@ -57,8 +57,12 @@ def match(message: Message) -> dict[str, Any]:
     teacher, student = answers["teacher"], answers["student"]
     agree = teacher is not None and teacher == student
     gold = message.vars.get("answer")
-    return {"teacher": teacher, "student": student, "agree": agree,
-            "correct": bool(agree and teacher == gold)}
+    return {
+        "teacher": teacher,
+        "student": student,
+        "agree": agree,
+        "correct": bool(agree and teacher == gold),
+    }
 
 
 def finished(message: Message) -> bool:
@@ -68,15 +72,21 @@ def finished(message: Message) -> bool:
 def metrics(message: Message) -> dict[str, Any]:
     verdicts = [s.data for s in message.history if s.role == "matcher" and s.data]
     last = verdicts[-1] if verdicts else {}
-    lengths = {role: [s.usage.get("completion_tokens", 0) for s in message.history
-                      if s.role == role and s.usage] for role in SPEAKERS}
+    lengths = {
+        role: [
+            s.usage.get("completion_tokens", 0)
+            for s in message.history
+            if s.role == role and s.usage
+        ]
+        for role in SPEAKERS
+    }
     out: dict[str, Any] = {
         "conv_ok": message.status == OK,
         "agreement": bool(last.get("agree")),
         "agreement_correctness": bool(last.get("correct")),
         "turns": len(verdicts),
     }
-    prompt, completion = message.tokens()
+    _, completion = message.tokens()
     out["completion_tokens"] = completion
     for role, values in lengths.items():
         if values:
@@ -99,7 +109,7 @@ class DummySpeakerOptions(AgentOptions):
 
 
 class DummySpeaker(Agent):
-    """Canned text of the paper's dummy size; agrees on a consensus letter mostly after `expected_turns`."""
+    """Canned text of the paper's dummy size; mostly agrees after `expected_turns` turns."""
 
     Options = DummySpeakerOptions
     options: DummySpeakerOptions
@@ -111,7 +121,7 @@ class DummySpeaker(Agent):
         turn = message.route.get("turns", 0)
         p = o.p_agree_after if turn + 1 >= o.expected_turns else o.p_agree_before
         letter = "A" if _rng.random() < p else _rng.choice(LETTERS[1:])
-        return Step(role=self.role, content=f"{_TEXT[start:start + n]} The answer is ({letter})")
+        return Step(role=self.role, content=f"{_TEXT[start : start + n]} The answer is ({letter})")
 
 
 class DummyExtractor(Agent):
@@ -120,5 +130,8 @@ class DummyExtractor(Agent):
     async def process(self, message: Message, request: Any) -> Step:
         speaker = message.history[-1]
         content = speaker.content or ""
-        return Step(role=self.role, content=content[-3:],
-                    data={"answer": content[-2], "speaker": speaker.role})
+        return Step(
+            role=self.role,
+            content=content[-3:],
+            data={"answer": content[-2], "speaker": speaker.role},
+        )

@@ -51,8 +51,9 @@ class LocalRuntime:
                 except Exception:
                     log.exception("stopping service %s failed", service.name)
 
-    async def _drive(self, pipeline: Pipeline, agents: dict[str, Agent], sink: Sink,
-                     stats: RunStats) -> None:
+    async def _drive(
+        self, pipeline: Pipeline, agents: dict[str, Agent], sink: Sink, stats: RunStats
+    ) -> None:
         workflow = pipeline.workflow
         assert workflow is not None
         queues: dict[str, asyncio.Queue[Message]] = {role: asyncio.Queue() for role in agents}

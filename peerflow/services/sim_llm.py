@@ -330,7 +330,7 @@ class _Engine:
         # Wake a sleeping engine only if this arrival could join the batch right away;
         # otherwise it just waits for the completion the engine is already sleeping towards.
         if len(self.waiting) == 1 and self._fits(seq):
-            pass
+            self._wake(True)
         return done
 
     def _fits(self, seq: _Seq) -> bool:
