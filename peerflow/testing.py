@@ -13,6 +13,7 @@ from typing import Any
 
 from peerflow.agents.base import Agent, AgentOptions
 from peerflow.message import Message, Step
+from peerflow.workflow import Workflow
 
 
 class EchoOptions(AgentOptions):
@@ -79,3 +80,24 @@ def read_calls(path: str) -> list[tuple[str, str]]:
         return []
     with open(path) as f:
         return [tuple(line.split()) for line in f if line.strip()]  # type: ignore[misc]
+
+
+class PingPong(Workflow):
+    """A user-defined workflow as a user would write one: a then b, `rounds` times."""
+
+    def __init__(self, rounds: int = 2, **kw: Any):
+        super().__init__(**kw)
+        self.rounds = rounds
+
+    def roles(self) -> set[str]:
+        return {"a", "b"}
+
+    def first(self, message: Message) -> str | None:
+        return "a"
+
+    def after(self, message: Message) -> str | None:
+        last = message.history[-1].role
+        if last == "a":
+            return "b"
+        done = sum(1 for s in message.history if s.role == "b")
+        return None if done >= self.rounds else "a"

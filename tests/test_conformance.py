@@ -157,6 +157,13 @@ async def test_graph_follows_conditional_edges(tmp_path: Path, runtime: str) -> 
         assert roles_of(r) == ["task", "a", "judge", branch]
 
 
+async def test_custom_workflow_class_named_in_yaml(tmp_path: Path, runtime: str) -> None:
+    workflow = {"kind": "custom", "path": "peerflow.testing:PingPong", "options": {"rounds": 3}}
+    _, records = await run(make_config(tmp_path, runtime, workflow=workflow))
+    assert len(records) == 20
+    assert all(roles_of(r) == ["task", "a", "b", "a", "b", "a", "b"] for r in records)
+
+
 async def test_tool_calls_detour_and_return_to_caller(tmp_path: Path, runtime: str) -> None:
     roles = {
         "assistant": {"agent": "peerflow.testing:ToolCaller"},
