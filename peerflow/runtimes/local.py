@@ -2,7 +2,7 @@
 
 Each role has `workers` coroutines pulling from its queue, so many messages
 are in flight per role while agents await their services. A message moves by
-`put_nowait` onto the next role's queue: there is no central loop deciding
+`put` onto the next role's queue: there is no central loop deciding
 anything, only the message's own workflow. Admission reads the dataset
 lazily and blocks on a semaphore of `max_in_flight` slots, which the sink
 side releases; that bound is the back-pressure that keeps memory flat.
@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 
 from peerflow.agents import Agent
 from peerflow.config import RuntimeConfig
@@ -23,6 +24,37 @@ from peerflow.sink import Sink
 from peerflow.stats import RunStats
 
 log = logging.getLogger(__name__)
+
+
+class Inbox:
+    """A role's queue that hands a message straight to an idle worker.
+
+    Leaner than `asyncio.Queue` (no size bound, no putters), which matters
+    because every step of every task passes through one.
+    """
+
+    __slots__ = ("idle", "items", "loop")
+
+    def __init__(self) -> None:
+        self.items: deque[Message] = deque()
+        self.idle: deque[asyncio.Future[Message]] = deque()
+        self.loop = asyncio.get_running_loop()
+
+    def put(self, message: Message) -> None:
+        idle = self.idle
+        while idle:
+            waiter = idle.popleft()
+            if not waiter.done():
+                waiter.set_result(message)
+                return
+        self.items.append(message)
+
+    async def get(self) -> Message:
+        if self.items:
+            return self.items.popleft()
+        waiter = self.loop.create_future()
+        self.idle.append(waiter)
+        return await waiter
 
 
 class LocalRuntime:
@@ -56,7 +88,7 @@ class LocalRuntime:
     ) -> None:
         workflow = pipeline.workflow
         assert workflow is not None
-        queues: dict[str, asyncio.Queue[Message]] = {role: asyncio.Queue() for role in agents}
+        queues = {role: Inbox() for role in agents}
         slots = asyncio.Semaphore(self.config.max_in_flight)
         drained = asyncio.Event()
         failure: list[BaseException] = []
@@ -82,7 +114,7 @@ class LocalRuntime:
                     if nxt is None:
                         done(message)
                     else:
-                        queues[nxt].put_nowait(message)
+                        queues[nxt].put(message)
             except asyncio.CancelledError:
                 raise
             except BaseException as exc:  # a runtime bug or a full disk: stop the run, loudly
@@ -111,7 +143,7 @@ class LocalRuntime:
                 if role is None:
                     done(message)
                 else:
-                    queues[role].put_nowait(message)
+                    queues[role].put(message)
             admitting = False
             stats.skipped = pipeline.skipped
             if self.in_flight == 0:
