@@ -155,7 +155,13 @@ class OpenAIService:
         self._session: aiohttp.ClientSession | None = None
         self._headers: dict[str, str] = {"Content-Type": "application/json"}
         self._secret: str | None = None
-        self._attempt_timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=connect_timeout)
+        # No `total`: it would also count time spent waiting for a pooled connection, so
+        # with more tasks in flight than connections a request could time out unsent.
+        # A non-streamed completion's first byte comes when it is done, so sock_read
+        # bounds the server's time per attempt.
+        self._attempt_timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=connect_timeout, sock_read=timeout
+        )
         self._eps: list[_Endpoint] = [_Endpoint(e) for e in self.endpoints]
         self._rr = 0
         self._calls = 0
