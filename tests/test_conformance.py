@@ -244,3 +244,10 @@ async def test_trials_give_distinct_ids_and_seeds(tmp_path: Path, runtime: str) 
         f"r{i}#{t}" for i in range(4) for t in range(3)
     )
     assert len({r["seed"] for r in records}) == 12
+
+
+async def test_empty_dataset_finishes_cleanly_with_no_records(tmp_path: Path, runtime: str) -> None:
+    summary, records = await run(make_config(tmp_path, runtime, rows=0))
+    assert records == []
+    assert summary["records_written"] == 0
+    assert summary["success_rate"] is None
