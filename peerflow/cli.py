@@ -1,4 +1,4 @@
-"""`peerflow run CONFIG key=value ...`, `peerflow check CONFIG`, `peerflow sim-llm ...`."""
+"""`peerflow run CONFIG key=value ...`, `check CONFIG`, `merge OUTPUT`, `sim-llm ...`."""
 
 from __future__ import annotations
 
@@ -74,6 +74,15 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_merge(args: argparse.Namespace) -> int:
+    from peerflow.merge import merge_shards
+
+    result = merge_shards(args.output, keep_shards=args.keep_shards)
+    print(f"merged {len(result.inputs)} file(s) into {result.output}: {result.records} records, "
+          f"{result.duplicates} duplicate ids dropped, {len(result.removed)} shard file(s) removed")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "sim-llm":
@@ -92,6 +101,10 @@ def main(argv: list[str] | None = None) -> None:
     p_check.add_argument("config")
     p_check.add_argument("overrides", nargs="*")
     p_check.set_defaults(fn=cmd_check)
+    p_merge = sub.add_parser("merge", help="merge a sharded output (ray runtime) into one file")
+    p_merge.add_argument("output", help="the run's output.path")
+    p_merge.add_argument("--keep-shards", action="store_true")
+    p_merge.set_defaults(fn=cmd_merge)
     sub.add_parser(
         "sim-llm",
         help="serve the simulated OpenAI-compatible LLM (a measuring "
