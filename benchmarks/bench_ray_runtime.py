@@ -94,7 +94,8 @@ async def runtime_rate(rows: int, max_in_flight: int, threshold: int | None) -> 
         t0 = time.perf_counter()
         summary = await run_async(config, pipeline=Pipeline(config), progress=False)
         wall = time.perf_counter() - t0
-        lines = sum(1 for _ in open(out, "rb"))
+        with open(out, "rb") as f:
+            lines = sum(1 for _ in f)
         assert lines == rows == summary["total_records_in_output"], (lines, rows)
         return {"steps": summary["steps"], "wall": wall, "ray": summary["ray"]}
 
@@ -111,19 +112,23 @@ def main() -> None:
     print(f"ray.init: {time.perf_counter() - t0:.1f} s")
     steps, wall = raw_hop_rate(args.raw_messages, args.raw_hops)
     raw = steps / wall
-    print(f"raw Ray actor hops, one message per call: {steps} hops in {wall:.2f} s "
-          f"= {raw:,.0f} steps/s")
+    print(
+        f"raw Ray actor hops, one message per call: {steps} hops in {wall:.2f} s "
+        f"= {raw:,.0f} steps/s"
+    )
     results = {}
     for label, threshold in (("offload off", None), ("offload 512 B (default)", 512)):
         r = asyncio.run(runtime_rate(args.rows, args.max_in_flight, threshold))
         rate = r["steps"] / r["wall"]
         rep = r["ray"]
         results[label] = rate
-        print(f"peerflow Ray runtime, dummy Coral, {label}: {args.rows} tasks, {r['steps']} steps "
-              f"in {r['wall']:.2f} s (actor start-up included) = {rate:,.0f} steps/s; "
-              f"{rep['messages_per_call']} messages per call; "
-              f"{rep['bytes_per_hop']:,.0f} bytes per hop ({rep['inline_bytes_per_hop']:,.0f} "
-              f"inline + {rep['refs_per_hop']} object refs)")
+        print(
+            f"peerflow Ray runtime, dummy Coral, {label}: {args.rows} tasks, {r['steps']} steps "
+            f"in {r['wall']:.2f} s (actor start-up included) = {rate:,.0f} steps/s; "
+            f"{rep['messages_per_call']} messages per call; "
+            f"{rep['bytes_per_hop']:,.0f} bytes per hop ({rep['inline_bytes_per_hop']:,.0f} "
+            f"inline + {rep['refs_per_hop']} object refs)"
+        )
     for label, rate in results.items():
         print(f"ratio Ray runtime ({label}) / raw one-message-per-call hops: {rate / raw:.2f}")
     ray.shutdown()

@@ -156,5 +156,6 @@ def merge_shards(output: str | Path, *, keep_shards: bool = False) -> MergeResul
                 if path.exists():
                     path.unlink()
                     removed.append(path)
-    return MergeResult(output=output, records=records, duplicates=duplicates, inputs=inputs,
-                       removed=removed)
+    return MergeResult(
+        output=output, records=records, duplicates=duplicates, inputs=inputs, removed=removed
+    )

@@ -49,12 +49,27 @@ crash does not lose it) and replaced in the message by a marker; the object refe
 travel beside the encoded messages. Receivers fetch the objects before the agent runs (and
 before the sink writes) and forward the same references, so a payload is stored once and
 freed when the last message referring to it is acknowledged at the sink.
+
+Output. `sinks: N` sink actors per partition each append to their own shard, so no single
+writer limits a large cluster; with one sink and one partition the shard is `output.path`
+itself, byte-for-byte what the local runtime writes. Sharded runs list their shards in a
+manifest beside the output, and `peerflow merge OUTPUT` (`peerflow.merge.merge_shards`)
+joins them into one file, one record per id. Sinks run on the driver's node, where the
+output directory is.
+
+Placement and metrics. Before any actor starts, every role's resource request (CPU, GPU,
+memory, custom resources such as node labels) is checked against the cluster, and actors
+that still cannot start within `start_timeout` fail the run with the roles named. Actors
+report counters (messages in/out, queue depth, steps, errors, retries, tokens, re-sends)
+every second; the driver aggregates them across restarts, serves them to Prometheus on
+`metrics_port`, and adds them under "ray" to the run summary.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import logging
 import os
 import time
@@ -114,8 +129,9 @@ def _fmt(resources: dict[str, float]) -> str:
     return ", ".join(f"{k}={v:g}" for k, v in sorted(resources.items()))
 
 
-def check_placement(config: RunConfig, nodes: list[dict[str, Any]],
-                    available: dict[str, float]) -> None:
+def check_placement(
+    config: RunConfig, nodes: list[dict[str, Any]], available: dict[str, float]
+) -> None:
     """Fail before the run, naming role and resource, when actors could never be placed.
 
     Two checks: one actor of each role must fit on some single node, and all actors
@@ -131,27 +147,52 @@ def check_placement(config: RunConfig, nodes: list[dict[str, Any]],
         if not need:
             continue
         n_actors = role_cfg.num_instances * partitions
-        fits = [n for n in alive
-                if all(n.get("Resources", {}).get(k, 0.0) >= v for k, v in need.items())]
+        fits = [
+            n
+            for n in alive
+            if all(n.get("Resources", {}).get(k, 0.0) >= v for k, v in need.items())
+        ]
         if not fits:
-            short = sorted(k for k, v in need.items()
-                           if not any(n.get("Resources", {}).get(k, 0.0) >= v for n in alive))
-            offered = "; ".join(_fmt({k: v for k, v in n.get("Resources", {}).items()
-                                      if not k.startswith("node:") and k != "object_store_memory"})
-                                for n in alive) or "no nodes"
-            errors.append((("roles", role, "resources"),
-                           f"each of its {n_actors} actor(s) needs {_fmt(need)}, but no node of "
-                           f"the Ray cluster has enough {', '.join(short) or 'of them together'} "
-                           f"(nodes offer: {offered})"))
+            short = sorted(
+                k
+                for k, v in need.items()
+                if not any(n.get("Resources", {}).get(k, 0.0) >= v for n in alive)
+            )
+            offered = (
+                "; ".join(
+                    _fmt(
+                        {
+                            k: v
+                            for k, v in n.get("Resources", {}).items()
+                            if not k.startswith("node:") and k != "object_store_memory"
+                        }
+                    )
+                    for n in alive
+                )
+                or "no nodes"
+            )
+            errors.append(
+                (
+                    ("roles", role, "resources"),
+                    f"each of its {n_actors} actor(s) needs {_fmt(need)}, but no node of "
+                    f"the Ray cluster has enough {', '.join(short) or 'of them together'} "
+                    f"(nodes offer: {offered})",
+                )
+            )
         for k, v in need.items():
             total[k] += v * n_actors
             users[k].append(f"{role} {v:g} x {n_actors}")
     for k, v in total.items():
         have = available.get(k, 0.0)
         if v > have + 1e-9:
-            errors.append((("roles",), f"the roles need {k}={v:g} in total "
-                           f"({', '.join(users[k])}), but the Ray cluster has only {have:g} "
-                           "available"))
+            errors.append(
+                (
+                    ("roles",),
+                    f"the roles need {k}={v:g} in total "
+                    f"({', '.join(users[k])}), but the Ray cluster has only {have:g} "
+                    "available",
+                )
+            )
     if errors:
         raise PlacementError(config.error(errors))
 
@@ -171,9 +212,12 @@ def actor_config(config: RunConfig, services: dict[str, Service]) -> RunConfig:
             rewritten[name] = cfg
             continue
         svc = services[name]
-        rewritten[name] = OpenAIServiceConfig(kind="openai", model=svc.model,  # type: ignore[attr-defined]
-                                              endpoints=list(svc.endpoints),  # type: ignore[attr-defined]
-                                              **client_options(cfg))
+        rewritten[name] = OpenAIServiceConfig(
+            kind="openai",
+            model=svc.model,  # type: ignore[attr-defined]
+            endpoints=list(svc.endpoints),  # type: ignore[attr-defined]
+            **client_options(cfg),
+        )
     return config.model_copy(update={"services": rewritten})
 
 
@@ -207,10 +251,24 @@ def merge_stats(dst: RunStats, src: RunStats) -> None:
 # --- metrics -----------------------------------------------------------------------------
 
 
-_ROLE_COUNTERS = ("in", "out", "steps", "errors", "retries", "prompt_tokens",
-                  "completion_tokens", "lost", "courier_redelivered", "courier_call_failures",
-                  "courier_calls", "courier_hops", "courier_hop_bytes", "courier_hop_refs",
-                  "courier_offloaded_fields", "courier_offloaded_bytes")
+_ROLE_COUNTERS = (
+    "in",
+    "out",
+    "steps",
+    "errors",
+    "retries",
+    "prompt_tokens",
+    "completion_tokens",
+    "lost",
+    "courier_redelivered",
+    "courier_call_failures",
+    "courier_calls",
+    "courier_hops",
+    "courier_hop_bytes",
+    "courier_hop_refs",
+    "courier_offloaded_fields",
+    "courier_offloaded_bytes",
+)
 
 
 class RuntimeMetrics:
@@ -221,6 +279,7 @@ class RuntimeMetrics:
         self.base: dict[str, Counter[str]] = defaultdict(Counter)
         self.base_latency: dict[str, Histogram] = defaultdict(Histogram)
         self.restarts: Counter[str] = Counter()
+        self.restarted_incs: set[str] = set()
         self.roles: dict[str, str] = {}
         self.max_queue: dict[str, int] = defaultdict(int)
         self.driver: Counter[str] = Counter()
@@ -236,7 +295,12 @@ class RuntimeMetrics:
             self.base[key].update(prev["counters"])
             if prev.get("latency") is not None:
                 self.base_latency[key].merge(prev["latency"])
+        if (restarted or status.get("restarted")) and status["inc"] not in self.restarted_incs:
+            # A restart between two status rounds is still seen: the new incarnation says
+            # it was reconstructed (incarnations that died unseen are not counted).
+            self.restarted_incs.add(status["inc"])
             self.restarts[self.roles[key]] += 1
+            restarted = True
         self.last[key] = status
         role = status["role"]
         self.max_queue[role] = max(self.max_queue[role], status.get("max_queue", 0))
@@ -246,8 +310,16 @@ class RuntimeMetrics:
         out: dict[str, dict[str, Any]] = {}
         for key, status in self.last.items():
             role = status["role"]
-            r = out.setdefault(role, {"counters": Counter(), "latency": Histogram(), "queue": 0,
-                                      "retained": 0, "actors": 0})
+            r = out.setdefault(
+                role,
+                {
+                    "counters": Counter(),
+                    "latency": Histogram(),
+                    "queue": 0,
+                    "retained": 0,
+                    "actors": 0,
+                },
+            )
             r["counters"].update(self.base[key])
             r["counters"].update(status["counters"])
             if key in self.base_latency:
@@ -274,25 +346,43 @@ class RuntimeMetrics:
             "hops": hops,
             "calls": calls,
             "messages_per_call": round(hops / calls, 2) if calls else None,
-            "bytes_per_hop": round((total["courier_hop_bytes"] + 100 * total["courier_hop_refs"])
-                                   / hops, 1) if hops else None,
+            "bytes_per_hop": round(
+                (total["courier_hop_bytes"] + 100 * total["courier_hop_refs"]) / hops, 1
+            )
+            if hops
+            else None,
             "inline_bytes_per_hop": round(total["courier_hop_bytes"] / hops, 1) if hops else None,
             "refs_per_hop": round(total["courier_hop_refs"] / hops, 2) if hops else None,
             "offloaded_fields": total["courier_offloaded_fields"],
             "offloaded_bytes": total["courier_offloaded_bytes"],
             "redelivered": total["courier_redelivered"],
+            "copies_dropped": total["copies_dropped"],
             "failed_calls": total["courier_call_failures"],
             "lost_payloads": total["lost"],
             "restarts": dict(self.restarts),
+            "store_objects_alive": sum(
+                st["counters"].get("held", 0) for st in self.last.values() if st["role"] == "store"
+            ),
             "roles": {
                 role: {
                     "actors": r["actors"],
-                    **{k: r["counters"][k] for k in ("in", "out", "steps", "errors", "retries",
-                                                     "prompt_tokens", "completion_tokens")},
+                    **{
+                        k: r["counters"][k]
+                        for k in (
+                            "in",
+                            "out",
+                            "steps",
+                            "errors",
+                            "retries",
+                            "prompt_tokens",
+                            "completion_tokens",
+                        )
+                    },
                     "max_queue": self.max_queue[role],
                     "latency_seconds": r["latency"].summary(),
                 }
-                for role, r in sorted(roles.items()) if role not in ("sink", "store")
+                for role, r in sorted(roles.items())
+                if role not in ("sink", "store")
             },
         }
 
@@ -326,23 +416,27 @@ class _Collector:
             tokens.add_metric([role, "prompt"], r["counters"]["prompt_tokens"])
             tokens.add_metric([role, "completion"], r["counters"]["completion_tokens"])
         yield tokens
-        queue = GaugeMetricFamily("peerflow_queue_depth", "Messages waiting or in a step",
-                                  labels=["role"])
-        latency = GaugeMetricFamily("peerflow_step_latency_seconds", "Step latency quantiles",
-                                    labels=["role", "quantile"])
+        queue = GaugeMetricFamily(
+            "peerflow_queue_depth", "Messages waiting or in a step", labels=["role"]
+        )
+        latency = GaugeMetricFamily(
+            "peerflow_step_latency_seconds", "Step latency quantiles", labels=["role", "quantile"]
+        )
         for role, r in roles.items():
             queue.add_metric([role], r["queue"])
             for q in (0.5, 0.95, 0.99):
                 latency.add_metric([role, str(q)], r["latency"].quantile(q))
         yield queue
         yield latency
-        restarts = CounterMetricFamily("peerflow_actor_restarts", "Actor restarts seen",
-                                       labels=["role"])
+        restarts = CounterMetricFamily(
+            "peerflow_actor_restarts", "Actor restarts seen", labels=["role"]
+        )
         for role, n in rt.metrics.restarts.items():
             restarts.add_metric([role], n)
         yield restarts
-        yield GaugeMetricFamily("peerflow_in_flight_tasks", "Tasks admitted and not finished",
-                                value=rt.in_flight)
+        yield GaugeMetricFamily(
+            "peerflow_in_flight_tasks", "Tasks admitted and not finished", value=rt.in_flight
+        )
         done = CounterMetricFamily("peerflow_tasks_finished", "Records written", labels=["status"])
         if rt.stats is not None:
             for status, n in rt.stats.by_status.items():
@@ -357,6 +451,10 @@ class RayRuntime:
     name = "ray"
 
     def __init__(self, config: RuntimeConfig):
+        if importlib.util.find_spec("ray") is None:
+            raise ConfigError(
+                "runtime.kind: ray needs Ray; install it with `pip install 'peerflow[ray]'`"
+            )
         self.config = config
         self.in_flight = 0
         self.metrics = RuntimeMetrics()
@@ -376,8 +474,11 @@ class RayRuntime:
         if cfg.address:
             ray.init(address=cfg.address, logging_level=logging.WARNING)
         else:
-            ray.init(num_cpus=cfg.num_cpus or os.cpu_count(), include_dashboard=cfg.dashboard,
-                     logging_level=logging.WARNING)
+            ray.init(
+                num_cpus=cfg.num_cpus or os.cpu_count(),
+                include_dashboard=cfg.dashboard,
+                logging_level=logging.WARNING,
+            )
         return True
 
     async def run(self, pipeline: Pipeline, sink: Sink, stats: RunStats) -> None:
@@ -432,8 +533,9 @@ class RayRuntime:
         stats.summary = summary  # type: ignore[method-assign]
 
     # -- actors ---------------------------------------------------------------------------
-    def _create_actors(self, config: RunConfig, acfg: RunConfig,
-                       out: Path) -> tuple[dict[str, Any], list[tuple[str, str, Any]], list[Path]]:
+    def _create_actors(
+        self, config: RunConfig, acfg: RunConfig, out: Path
+    ) -> tuple[dict[str, Any], list[tuple[str, str, Any]], list[Path]]:
         import ray
 
         from peerflow.runtimes.ray_actors import (
@@ -448,37 +550,65 @@ class RayRuntime:
 
         rt = self.config
         P, S = rt.partitions, rt.sinks
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
         common = {"max_restarts": -1, "max_task_retries": 0, "max_concurrency": 1000}
+        # Sinks write output.path on the node they run on, so they run where the command was
+        # started (the user's output directory); so does the store (offloaded payloads live
+        # as long as a permanent node does, not a preemptible one).
+        here = {
+            "num_cpus": 0,
+            "scheduling_strategy": NodeAffinitySchedulingStrategy(
+                ray.get_runtime_context().get_node_id(), soft=False
+            ),
+        }
         kinds: list[tuple[str, str, Any]] = []  # (key, what, handle)
         handles: dict[str, Any] = {}
         shards: list[Path] = []
         prefix = f"pf-{self.run_id}-"
         threshold = rt.offload_threshold
         for p in range(P):
-            groups = {role: [role_key(role, p, i) for i in range(rc.num_instances)]
-                      for role, rc in config.roles.items()}
+            groups = {
+                role: [role_key(role, p, i) for i in range(rc.num_instances)]
+                for role, rc in config.roles.items()
+            }
             keys = [k for ks in groups.values() for k in ks]
             keys += [sink_key(p, s) for s in range(S)]
             store = store_key(p) if threshold is not None else None
             if store is not None:
                 keys.append(store)
             names = {k: prefix + k for k in keys}
-            base = {"run_id": self.run_id, "config": acfg, "partition": p, "partitions": P,
-                    "sinks": S, "names": names, "groups": groups, "threshold": threshold,
-                    "store": store}
+            base = {
+                "run_id": self.run_id,
+                "config": acfg,
+                "partition": p,
+                "partitions": P,
+                "sinks": S,
+                "names": names,
+                "groups": groups,
+                "threshold": threshold,
+                "store": store,
+            }
             if store is not None:
-                h = ray.remote(StoreActor).options(name=names[store], num_cpus=0,
-                                                   **common).remote(ActorSpec(key=store, **base))
+                h = (
+                    ray.remote(StoreActor)
+                    .options(name=names[store], **here, **common)
+                    .remote(ActorSpec(key=store, **base))
+                )
                 handles[store] = h
                 kinds.append((store, "store", h))
             for s in range(S):
                 key = sink_key(p, s)
                 path = shard_path(out, p * S + s, P * S)
                 shards.append(path)
-                spec = ActorSpec(key=key, shard=str(path), success_only=config.output.success_only,
-                                 flush_bytes=config.output.flush_bytes, **base)
-                h = ray.remote(SinkActor).options(name=names[key], num_cpus=0,
-                                                  **common).remote(spec)
+                spec = ActorSpec(
+                    key=key,
+                    shard=str(path),
+                    success_only=config.output.success_only,
+                    flush_bytes=config.output.flush_bytes,
+                    **base,
+                )
+                h = ray.remote(SinkActor).options(name=names[key], **here, **common).remote(spec)
                 handles[key] = h
                 kinds.append((key, "sink", h))
             for role, role_cfg in config.roles.items():
@@ -486,8 +616,11 @@ class RayRuntime:
                 workers = role_cfg.workers or rt.max_in_flight
                 for key in groups[role]:
                     spec = ActorSpec(key=key, role=role, workers=workers, **base)
-                    h = ray.remote(RoleActor).options(name=names[key], **opts,
-                                                      **common).remote(spec)
+                    h = (
+                        ray.remote(RoleActor)
+                        .options(name=names[key], **opts, **common)
+                        .remote(spec)
+                    )
                     handles[key] = h
                     kinds.append((key, f"roles.{role}", h))
         return handles, kinds, shards
@@ -504,26 +637,31 @@ class RayRuntime:
             if exc is not None:
                 key, what = tasks[task]
                 cause = exc.cause if isinstance(exc, RayTaskError) else exc
-                raise RuntimeError(f"ray runtime: actor {key} ({what}) failed to start: "
-                                   f"{type(cause).__name__}: {cause}") from None
+                raise RuntimeError(
+                    f"ray runtime: actor {key} ({what}) failed to start: "
+                    f"{type(cause).__name__}: {cause}"
+                ) from None
         if pending:
             stuck = sorted({tasks[t][1] for t in pending})
             raise PlacementError(
                 f"ray runtime: {len(pending)} actor(s) of {', '.join(stuck)} did not start within "
                 f"runtime.start_timeout={self.config.start_timeout:g}s; the cluster probably "
-                "cannot place them (resources busy or missing)")
+                "cannot place them (resources busy or missing)"
+            )
 
     @staticmethod
     async def _ready(handle: Any) -> Any:
-        return await handle.ready.remote()
+        return await _retrying(handle.ready)
 
     # -- the run --------------------------------------------------------------------------
-    async def _drive(self, pipeline: Pipeline, acfg: RunConfig, sink: Sink,
-                     stats: RunStats) -> None:
+    async def _drive(
+        self, pipeline: Pipeline, acfg: RunConfig, sink: Sink, stats: RunStats
+    ) -> None:
         from ray.exceptions import RayActorError, RayTaskError
 
         from peerflow.runtimes.ray_actors import (
             DRIVER,
+            EPOCH,
             Courier,
             Entry,
             hop_key,
@@ -542,21 +680,27 @@ class RayRuntime:
         failure: list[BaseException] = []
         done = asyncio.Event()
         loops: list[asyncio.Future[Any]] = []
-        groups = {f"{role}@{p}": [f"r:{role}:{p}:{i}" for i in range(rc.num_instances)]
-                  for p in range(P) for role, rc in config.roles.items()}
+        groups = {
+            f"{role}@{p}": [f"r:{role}:{p}:{i}" for i in range(rc.num_instances)]
+            for p in range(P)
+            for role, rc in config.roles.items()
+        }
 
         async def lookup(key: str) -> Any:
             return handles[key]
 
         # The driver owns the objects of the first hops' offloaded fields itself: losing the
         # driver ends the run anyway, so they live exactly as long as they can be needed.
-        courier = Courier(DRIVER, lookup=lookup, groups=groups, threshold=rt.offload_threshold)
+        courier = Courier(
+            DRIVER, lookup=lookup, groups=groups, threshold=rt.offload_threshold, lane_div=P * S
+        )
 
-        pending: dict[str, tuple[int, str | None, bytes]] = {}
+        pending: dict[str, tuple[int, str | None, bytes, Entry]] = {}
         slots = asyncio.Semaphore(rt.max_in_flight)
         admitting = True
         faults_seen = False
         reinjected = 0
+        epochs: dict[str, int] = {}
         t_start = time.time()
 
         def fail(exc: BaseException) -> None:
@@ -600,7 +744,7 @@ class RayRuntime:
 
         async def poll_status() -> None:
             nonlocal faults_seen
-            calls = {key: asyncio.ensure_future(_call(h.status)) for key, _, h in kinds}
+            calls = {key: _spawn(h.status) for key, _, h in kinds}
             await asyncio.wait(calls.values(), timeout=STATUS_TIMEOUT)
             for key, task in calls.items():
                 if not task.done():
@@ -630,25 +774,35 @@ class RayRuntime:
                     continue
                 before = set(pending)
                 role_handles = [h for key, what, h in kinds if what.startswith("roles.")]
-                calls = [asyncio.ensure_future(_call(h.held)) for h in role_handles]
+                calls = [_spawn(h.held) for h in role_handles]
                 finished_calls, slow = await asyncio.wait(calls, timeout=STATUS_TIMEOUT)
                 for task in slow:
                     task.cancel()
-                if slow or any(t.exception() is not None for t in finished_calls):
-                    missing_before = set()  # an actor could not answer: no verdict this time
-                    continue
+                # An actor that cannot answer is counted as holding nothing: if it died, it
+                # does hold nothing, and anything sent to it since is still kept by its
+                # sender (who does answer). If it is only slow, the second sweep must miss
+                # the task too before it is restarted, and a needless restart only costs a
+                # duplicate that the sink drops.
                 held = courier.held_ids()
                 for task in finished_calls:
-                    held.update(task.result())
+                    if task.exception() is None:
+                        held.update(task.result())
                 missing = {tid for tid in before if tid in pending and tid not in held}
                 again = missing & missing_before
                 missing_before = missing - again
                 for tid in again:
-                    p, role, data = pending[tid]
+                    p, role, data, _ = pending[tid]
                     message = from_bytes(data)
-                    dest = courier.pick(f"{role}@{p}") if role is not None \
+                    epochs[tid] = message.route[EPOCH] = epochs.get(tid, 0) + 1
+                    data = to_bytes(message)
+                    dest = (
+                        courier.pick(f"{role}@{p}", tid)
+                        if role is not None
                         else sink_key(p, sink_of(tid, P, S))
-                    courier.send(dest, Entry(hop_key(message), tid, message))
+                    )
+                    entry = Entry(hop_key(message), tid, message)
+                    pending[tid] = (p, role, data, entry)
+                    courier.send(dest, entry)
                     reinjected += 1
                 if again:
                     log.warning("ray runtime: restarted %d task(s) no actor held", len(again))
@@ -656,8 +810,9 @@ class RayRuntime:
         try:
             await self._await_ready(kinds)
             # Which ids are done already: every current shard, plus shards of earlier runs.
-            opened = await asyncio.gather(*[handles[sink_key(p, s)].open.remote()
-                                            for p in range(P) for s in range(S)])
+            opened = await asyncio.gather(
+                *[_retrying(handles[sink_key(p, s)].open) for p in range(P) for s in range(S)]
+            )
             finished: set[str] = set(sink.finished)
             incs = []
             for inc, ids, _cut in opened:
@@ -679,17 +834,23 @@ class RayRuntime:
             loops.append(asyncio.ensure_future(status_loop()))
             loops.append(asyncio.ensure_future(sweep_loop()))
             courier.start()
+            self.report["finished_before_this_run"] = len(finished)
             for n, message in enumerate(pipeline.tasks(finished), 1):
-                if failure:
+                if not await _acquire(slots, done) or failure:
                     break
-                await slots.acquire()
                 p = partition_of(message.id, P)
                 role = pipeline.start(message) if message.status == RUNNING else None
-                pending[message.id] = (p, role, to_bytes(message))
+                entry = Entry(hop_key(message), message.id, message)
+                # The entry stays here until the task is written: it holds the references
+                # to the first hop's offloaded fields, of which the driver is the owner.
+                pending[message.id] = (p, role, to_bytes(message), entry)
                 self.in_flight = len(pending)
-                dest = courier.pick(f"{role}@{p}") if role is not None \
+                dest = (
+                    courier.pick(f"{role}@{p}", message.id)
+                    if role is not None
                     else sink_key(p, sink_of(message.id, P, S))
-                courier.send(dest, Entry(hop_key(message), message.id, message))
+                )
+                courier.send(dest, entry)
                 if n % 64 == 0:
                     await asyncio.sleep(0)
             admitting = False
@@ -707,16 +868,22 @@ class RayRuntime:
             await asyncio.gather(*loops, return_exceptions=True)
             await courier.close()
             await self._shutdown_actors(kinds)
-            self.report = {"partitions": P, "sinks": S, "shards": [str(p) for p in shards],
-                           "actors": len(kinds), "reinjected_tasks": reinjected,
-                           "offload_threshold": rt.offload_threshold,
-                           "admission_seconds": round(time.time() - t_start, 3)}
+            self.report.update(
+                {
+                    "partitions": P,
+                    "sinks": S,
+                    "shards": [str(p) for p in shards],
+                    "actors": len(kinds),
+                    "reinjected_tasks": reinjected,
+                    "offload_threshold": rt.offload_threshold,
+                    "run_seconds": round(time.time() - t_start, 3),
+                }
+            )
 
     async def _shutdown_actors(self, kinds: list[tuple[str, str, Any]]) -> None:
         import ray
 
-        closes = [asyncio.ensure_future(_call(h.close)) for _, what, h in kinds
-                  if what != "store"]
+        closes = [_spawn(h.close) for _, what, h in kinds if what != "store"]
         if closes:
             await asyncio.wait(closes, timeout=CLOSE_TIMEOUT)
             for task in closes:
@@ -731,3 +898,39 @@ class RayRuntime:
 
 async def _call(method: Any) -> Any:
     return await method.remote()
+
+
+def _spawn(method: Any) -> asyncio.Task[Any]:
+    """A call as a task whose failure is never reported as unretrieved (dead actors are
+    expected here, and the caller may stop waiting for it)."""
+    task = asyncio.ensure_future(_call(method))
+    task.add_done_callback(lambda t: t.cancelled() or t.exception())
+    return task
+
+
+async def _acquire(slots: asyncio.Semaphore, stop: asyncio.Event) -> bool:
+    """Take an admission slot, unless the run is stopped first (a failure frees no slot)."""
+    if not slots.locked():
+        await slots.acquire()
+        return True
+    take = asyncio.ensure_future(slots.acquire())
+    halt = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({take, halt}, return_when=asyncio.FIRST_COMPLETED)
+    halt.cancel()
+    if take.done():
+        return True
+    take.cancel()
+    return False
+
+
+async def _retrying(method: Any, *args: Any, attempts: int = 50) -> Any:
+    """Call an actor method, again while the actor restarts (a crash during start-up)."""
+    from ray.exceptions import RayActorError
+
+    for attempt in range(attempts):
+        try:
+            return await method.remote(*args)
+        except RayActorError:
+            if attempt == attempts - 1:
+                raise
+            await asyncio.sleep(0.2)

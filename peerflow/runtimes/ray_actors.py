@@ -26,7 +26,7 @@ import os
 import time
 import uuid
 import zlib
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,8 +42,12 @@ log = logging.getLogger(__name__)
 
 # A step content offloaded to the object store is replaced by MARK + "<ref index>:<position>".
 MARK = "\x00pf\x00"
+SEEN_MAX = 1 << 16  # hop keys an actor remembers to drop re-sent copies it already has
 MAX_BATCH = 512  # messages per deliver call; bounds one call's size, not latency
 POLL_INTERVAL = 0.25  # idle links with unacknowledged messages ask for acks this often
+# A deliver call only enqueues, so one still out after this long means the destination is
+# dead or stuck: route new messages elsewhere (Ray takes ~1.2 s to fail the call itself).
+SUSPECT_AFTER = 0.3
 RETRY_DELAY = 0.2  # after a failed call, before trying the destination again
 REF_BYTES = 100  # rough size of a serialized ObjectRef (id + owner address), for hop accounting
 
@@ -76,8 +80,18 @@ def store_key(partition: int) -> str:
     return f"o:{partition}"
 
 
+EPOCH = "~restart"  # in message.route: how often the driver restarted the task from scratch
+
+
 def hop_key(message: Message) -> str:
-    """Identifies one hop of one task; re-sends of that hop carry the same key."""
+    """Identifies one hop of one task; re-sends of that hop carry the same key.
+
+    A task the driver restarts from its first hop gets a new epoch, so its hops are not
+    mistaken for copies of the lost attempt's.
+    """
+    epoch = message.route.get(EPOCH)
+    if epoch:
+        return f"{message.id}\x1f{message.hops}\x1f{epoch}"
     return f"{message.id}\x1f{message.hops}"
 
 
@@ -87,26 +101,34 @@ def hop_key(message: Message) -> str:
 Unpacked = tuple[Message, list[Any], dict[int, tuple[int, int]]]
 
 
-def unpack(datas: list[bytes], refs: list[list[Any]] | None,
-           values: dict[Any, list[str]]) -> list[Unpacked]:
-    """Decode messages and put offloaded contents back from resolved objects.
+def restore(
+    message: Message, mine: list[Any], values: dict[Any, list[str]]
+) -> dict[int, tuple[int, int]]:
+    """Put a message's offloaded contents back; returns its offload map.
 
-    Returns (message, its refs, offload map step index -> (ref index, position)); the map
-    lets the next hop put the same references back without storing anything again.
+    The map (step index -> (ref index, position)) lets the next hop put the same references
+    back in place of the texts without storing anything again.
     """
+    off: dict[int, tuple[int, int]] = {}
+    for idx, step in enumerate(message.history):
+        content = step.content
+        if content is not None and content.startswith(MARK):
+            j, _, pos = content[len(MARK) :].partition(":")
+            where = (int(j), int(pos))
+            off[idx] = where
+            step.content = values[mine[where[0]]][where[1]]
+    return off
+
+
+def unpack(
+    datas: list[bytes], refs: list[list[Any]] | None, values: dict[Any, list[str]]
+) -> list[Unpacked]:
+    """Decode messages and put offloaded contents back from resolved objects."""
     out = []
     for i, data in enumerate(datas):
         message = from_bytes(data)
         mine = refs[i] if refs else []
-        off: dict[int, tuple[int, int]] = {}
-        if mine:
-            for idx, step in enumerate(message.history):
-                content = step.content
-                if content is not None and content.startswith(MARK):
-                    j, _, pos = content[len(MARK):].partition(":")
-                    where = (int(j), int(pos))
-                    off[idx] = where
-                    step.content = values[mine[where[0]]][where[1]]
+        off = restore(message, mine, values) if mine else {}
         out.append((message, mine, off))
     return out
 
@@ -143,9 +165,18 @@ class Entry:
 
     __slots__ = ("base", "data", "key", "msg", "off", "parent", "refs", "tid")
 
-    def __init__(self, key: str, tid: str, msg: Message | None, *, data: bytes | None = None,
-                 refs: list[Any] | None = None, off: dict[int, tuple[int, int]] | None = None,
-                 base: int = 0, parent: tuple[str, str] | None = None):
+    def __init__(
+        self,
+        key: str,
+        tid: str,
+        msg: Message | None,
+        *,
+        data: bytes | None = None,
+        refs: list[Any] | None = None,
+        off: dict[int, tuple[int, int]] | None = None,
+        base: int = 0,
+        parent: tuple[str, str] | None = None,
+    ):
         self.key = key
         self.tid = tid
         self.msg = msg  # encoded lazily, when its batch leaves
@@ -157,8 +188,23 @@ class Entry:
 
 
 class Link:
-    __slots__ = ("busy", "down", "handle", "inc", "inflight", "key", "last", "need_poll",
-                 "outbox", "unacked")
+    __slots__ = (
+        "abandoned",
+        "busy",
+        "calling",
+        "down",
+        "handle",
+        "inc",
+        "inflight",
+        "key",
+        "last",
+        "need_poll",
+        "outbox",
+        "probed_at",
+        "sent_at",
+        "unacked",
+        "waiter",
+    )
 
     def __init__(self, key: str, handle: Any = None):
         self.key = key
@@ -171,6 +217,11 @@ class Link:
         self.inc: str | None = None  # incarnation id last heard from the destination
         self.down = False
         self.last = time.monotonic()
+        self.sent_at = 0.0
+        self.calling = False  # a call is out and not answered yet
+        self.waiter: asyncio.Future[Any] | None = None  # what the pump awaits for that call
+        self.abandoned = False  # a probe found the callee restarted and took the call's batch
+        self.probed_at = 0.0
 
 
 class Courier:
@@ -180,10 +231,18 @@ class Courier:
     is where messages for a dead instance are re-routed while it restarts.
     """
 
-    def __init__(self, me: str, *, lookup: Callable[[str], Awaitable[Any]],
-                 groups: dict[str, list[str]], threshold: int | None = None,
-                 put: Callable[[list[str]], Awaitable[Any]] | None = None):
+    def __init__(
+        self,
+        me: str,
+        *,
+        lookup: Callable[[str], Awaitable[Any]],
+        groups: dict[str, list[str]],
+        threshold: int | None = None,
+        put: Callable[[list[str], list[str]], Awaitable[Any]] | None = None,
+        lane_div: int = 1,
+    ):
         self.me = me
+        self.lane_div = lane_div  # partitions x sinks: use other digits of the hash
         self.lookup = lookup
         self.groups = groups
         self.group_of = {k: name for name, keys in groups.items() for k in keys}
@@ -193,7 +252,6 @@ class Courier:
         self.owed: dict[str, list[str]] = defaultdict(list)
         self.closed = False
         self.fatal: BaseException | None = None
-        self._rr: dict[str, int] = defaultdict(int)
         self._poller: asyncio.Task[None] | None = None
         self._pumps: set[asyncio.Task[None]] = set()
         self.counters: Counter[str] = Counter()
@@ -205,18 +263,21 @@ class Courier:
             link = self.links[key] = Link(key)
         return link
 
-    def pick(self, group: str) -> str:
-        """Round-robin over the group's instances, skipping ones known to be down."""
+    def pick(self, group: str, tid: str) -> str:
+        """The task's own instance of the group, or the next one up while that one is down.
+
+        Sticky by task id, not round-robin: each instance pair then carries one stream of
+        messages, so batches stay whole instead of splitting at every hop.
+        """
         keys = self.groups[group]
         n = len(keys)
-        start = self._rr[group]
-        self._rr[group] = start + 1
+        start = (stable_hash(tid) // self.lane_div) % n
         for i in range(n):
             key = keys[(start + i) % n]
             link = self.links.get(key)
             if link is None or not link.down:
                 return key
-        return keys[start % n]
+        return keys[start]
 
     # -- sending ---------------------------------------------------------------------
     def send(self, dest: str, entry: Entry) -> None:
@@ -236,6 +297,9 @@ class Courier:
     async def _pump(self, link: Link) -> None:
         """Drain one destination's outbox, one call at a time; what queues meanwhile rides next."""
         try:
+            # One pass of the event loop first: messages finishing in the same tick as the
+            # one that woke us (a batch of steps that ended together) leave with it.
+            await asyncio.sleep(0)
             while not self.closed:
                 if link.handle is None:
                     link.handle = await self.lookup(link.key)
@@ -244,27 +308,44 @@ class Courier:
                     batch = link.outbox[:MAX_BATCH]
                     del link.outbox[:MAX_BATCH]
                     link.inflight = batch
+                    link.sent_at = time.monotonic()
                     keys, datas, refs = await self._prepare(batch)
                     call = link.handle.deliver.remote(self.me, keys, datas, refs)
                 elif link.need_poll:
                     link.need_poll = False
+                    link.sent_at = time.monotonic()
                     call = link.handle.poll.remote(self.me)
                 else:
                     break
+                link.abandoned = False
+                link.calling = True
+                link.waiter = waiter = asyncio.ensure_future(call)
                 try:
-                    inc, acks = await call
+                    inc, acks = await waiter
+                except asyncio.CancelledError:
+                    link.calling = False
+                    if self.closed or not link.abandoned or not waiter.cancelled():
+                        raise
+                    continue  # a probe re-sent what the dead callee held; carry on at once
                 except RayActorError:
+                    link.calling = False
+                    if link.abandoned:
+                        continue
                     link.inflight = []
                     self._failed(link, batch)
                     await asyncio.sleep(RETRY_DELAY)
                     link.need_poll = True  # learn when it is back
                     continue
                 except RayTaskError as exc:  # the receiver itself failed: a bug or a full disk
+                    link.calling = False
                     link.inflight = []
                     link.outbox[:0] = batch
                     self.fatal = exc
                     log.error("delivery to %s failed: %s", link.key, exc)
                     return
+                link.calling = False
+                if link.abandoned:
+                    batch = []  # already re-sent by the probe
                 link.inflight = []
                 self._replied(link, inc, acks, batch)
         except asyncio.CancelledError:
@@ -287,11 +368,15 @@ class Courier:
                 history = e.msg.history
                 for idx in range(e.base, len(history)):
                     content = history[idx].content
-                    if (content is not None and len(content) > threshold // 4
-                            and idx not in e.off and len(content.encode()) > threshold):
+                    if (
+                        content is not None
+                        and len(content) > threshold // 4
+                        and idx not in e.off
+                        and len(content.encode()) > threshold
+                    ):
                         big.append((e, idx, content))
             if big:
-                ref = await self._store([c for _, _, c in big])
+                ref = await self._store([c for _, _, c in big], list({e.tid for e, _, _ in big}))
                 slot: dict[int, int] = {}
                 for pos, (e, idx, _) in enumerate(big):
                     j = slot.get(id(e))
@@ -327,12 +412,12 @@ class Courier:
             c["hop_refs"] += sum(len(r) for r in refs)
         return keys, datas, refs
 
-    async def _store(self, values: list[str]) -> Any:
+    async def _store(self, values: list[str], tids: list[str]) -> Any:
         self.counters["offloaded_fields"] += len(values)
         self.counters["offloaded_bytes"] += sum(len(v) for v in values)
         if self.put is not None:
             try:
-                return await self.put(values)
+                return await self.put(values, tids)
             except RayActorError:
                 pass  # the store is restarting: own the object ourselves meanwhile
         return ray.put(values)
@@ -372,14 +457,19 @@ class Courier:
         if not entries:
             return
         group = self.group_of.get(link.key)
-        target = link
-        if group is not None and len(self.groups[group]) > 1:
-            target = self.link(self.pick(group))
-        if target is link:
+        if group is None or len(self.groups[group]) == 1:
             link.outbox[:0] = entries
-        else:
-            target.outbox.extend(entries)
-            self._kick(target)
+            return
+        moved: dict[str, list[Entry]] = defaultdict(list)
+        for e in entries:
+            moved[self.pick(group, e.tid)].append(e)
+        for key, batch in moved.items():
+            target = self.link(key)
+            if target is link:
+                link.outbox[:0] = batch
+            else:
+                target.outbox.extend(batch)
+                self._kick(target)
 
     # -- background ------------------------------------------------------------------
     def start(self) -> None:
@@ -392,10 +482,56 @@ class Courier:
             await asyncio.sleep(POLL_INTERVAL)
             now = time.monotonic()
             for link in list(self.links.values()):
-                if (link.unacked or link.down) and not link.busy and \
-                        now - link.last >= POLL_INTERVAL:
+                if link.busy:
+                    if link.calling and now - link.sent_at > SUSPECT_AFTER:
+                        self._suspect(link, now)
+                elif (link.unacked or link.down) and now - link.last >= POLL_INTERVAL:
                     link.need_poll = True
                     self._kick(link)
+
+    def _suspect(self, link: Link, now: float) -> None:
+        """A call to `link` hangs: route new messages around it and probe for a restart.
+
+        A deliver call only enqueues, so a long one means the callee died (Ray fails such
+        a call only ~1.2 s later, though the actor is usually back within milliseconds) or
+        is badly stuck. Messages not yet sent move to another instance at once, which is
+        harmless if it was merely slow; what it held is re-sent only once a probe shows a
+        new incarnation, i.e. once its loss is certain.
+        """
+        if now - link.probed_at < SUSPECT_AFTER:
+            return
+        link.probed_at = now
+        group = self.group_of.get(link.key)
+        if group is not None and len(self.groups[group]) > 1 and not link.down:
+            link.down = True
+            self.counters["suspected"] += 1
+            waiting, link.outbox = link.outbox, []
+            self._requeue(link, waiting)
+        task = asyncio.ensure_future(self._probe(link))
+        self._pumps.add(task)
+        task.add_done_callback(self._pumps.discard)
+
+    async def _probe(self, link: Link) -> None:
+        try:
+            inc, acks = await link.handle.poll.remote(self.me)
+        except RayActorError:
+            return  # not back yet: the next poll round probes again
+        if link.calling and link.inc is not None and inc != link.inc and not link.abandoned:
+            # The hanging call went to a dead incarnation: take back what it carried and
+            # what that incarnation held, and stop waiting for Ray to fail the call.
+            link.abandoned = True
+            lost = link.inflight + list(link.unacked.values())
+            link.inflight = []
+            link.unacked.clear()
+            self.counters["redelivered"] += len(lost)
+            self.counters["restarts_probed"] += 1
+            link.inc = inc
+            link.down = False
+            self._requeue(link, lost)
+            if link.waiter is not None:
+                link.waiter.cancel()
+        for key in acks:
+            link.unacked.pop(key, None)
 
     def held_ids(self) -> set[str]:
         ids: set[str] = set()
@@ -406,8 +542,10 @@ class Courier:
         return ids
 
     def pending(self) -> int:
-        return sum(len(link.outbox) + len(link.inflight) + len(link.unacked)
-                   for link in self.links.values())
+        return sum(
+            len(link.outbox) + len(link.inflight) + len(link.unacked)
+            for link in self.links.values()
+        )
 
     async def close(self) -> None:
         self.closed = True
@@ -457,6 +595,7 @@ class _Base:
         ray_worker.blocking_get_inside_async_warned = True
         self.spec = spec
         self.inc = uuid.uuid4().hex[:12]
+        self.restarted = ray.get_runtime_context().was_current_actor_reconstructed
         self._init_task: asyncio.Future[None] | None = None
 
     async def _ensure(self) -> None:
@@ -470,8 +609,13 @@ class _Base:
     async def ready(self) -> dict[str, Any]:
         """Awaited by the driver before the run: builds the actor and reports where it runs."""
         await self._ensure()
-        return {"key": self.spec.key, "inc": self.inc, "pid": os.getpid(),
-                "node": ray.get_runtime_context().get_node_id()}
+        return {
+            "key": self.spec.key,
+            "inc": self.inc,
+            "restarted": self.restarted,
+            "pid": os.getpid(),
+            "node": ray.get_runtime_context().get_node_id(),
+        }
 
 
 class RoleActor(_Base):
@@ -496,17 +640,26 @@ class RoleActor(_Base):
             store_name = spec.store
             store_handle: list[Any] = []
 
-            async def put(values: list[str]) -> Any:
+            async def put(values: list[str], tids: list[str]) -> Any:
                 if not store_handle:
                     store_handle.append(await _lookup_actor(names, store_name))
-                return (await store_handle[0].put.remote(values))[0]
+                return (await store_handle[0].put.remote(values, tids))[0]
 
-        self.courier = Courier(spec.key, lookup=lambda k: _lookup_actor(names, k),
-                               groups=spec.groups, threshold=spec.threshold, put=put)
+        self.courier = Courier(
+            spec.key,
+            lookup=lambda k: _lookup_actor(names, k),
+            groups=spec.groups,
+            threshold=spec.threshold,
+            put=put,
+            lane_div=spec.partitions * spec.sinks,
+        )
         self.sink_keys = [sink_key(spec.partition, s) for s in range(spec.sinks)]
-        self.inbox: asyncio.Queue[tuple[str, str, Message, list[Any],
-                                        dict[int, tuple[int, int]]]] = asyncio.Queue()
+        self.inbox: asyncio.Queue[
+            tuple[str, str, Message, list[Any], dict[int, tuple[int, int]]]
+        ] = asyncio.Queue()
         self.holding: Counter[str] = Counter()
+        self.seen: set[str] = set()
+        self.seen_order: deque[str] = deque()
         self.latency = Histogram()
         self.counters: Counter[str] = Counter()
         self.active = 0
@@ -515,27 +668,57 @@ class RoleActor(_Base):
         self.workers = [asyncio.ensure_future(self._worker()) for _ in range(spec.workers)]
         self.courier.start()
 
-    async def deliver(self, sender: str, keys: list[str], datas: list[bytes],
-                      refs: list[list[Any]] | None) -> tuple[str, list[str]]:
+    async def deliver(
+        self, sender: str, keys: list[str], datas: list[bytes], refs: list[list[Any]] | None
+    ) -> tuple[str, list[str]]:
         await self._ensure()
-        values, lost = await resolve(refs)
         owed = self.courier.owed
-        for i, (message, mine, off) in enumerate(unpack(datas, refs, values) if not lost else
-                                                 self._unpack_lost(datas, refs, values, lost)):
+        self.counters["in"] += len(keys)
+        # A hop this actor already received is a re-sent copy (its sender saw a failure,
+        # or the actor it came through died after passing it on): the first copy is here
+        # or went on, so acknowledge the copy and drop it rather than do the work twice.
+        seen = self.seen
+        order = self.seen_order
+        keep: list[int] = []
+        for i, key in enumerate(keys):
+            if key in seen:
+                owed[sender].append(key)
+            else:
+                seen.add(key)
+                order.append(key)
+                keep.append(i)
+        while len(order) > SEEN_MAX:
+            seen.discard(order.popleft())
+        if len(keep) < len(keys):
+            self.counters["copies_dropped"] += len(keys) - len(keep)
+            keys = [keys[i] for i in keep]
+            datas = [datas[i] for i in keep]
+            if refs:
+                refs = [refs[i] for i in keep]
+        values, lost = await resolve(refs)
+        for i, (message, mine, off) in enumerate(
+            unpack(datas, refs, values)
+            if not lost
+            else self._unpack_lost(datas, refs, values, lost)
+        ):
             if message is None:  # its offloaded payload is gone; the driver will restart it
                 owed[sender].append(keys[i])
                 self.counters["lost"] += 1
                 continue
             self.holding[message.id] += 1
             self.inbox.put_nowait((sender, keys[i], message, mine, off))
-        self.counters["in"] += len(keys)
         depth = self.inbox.qsize() + self.active
         if depth > self.max_queue:
             self.max_queue = depth
         return self.inc, owed.pop(sender, [])
 
-    def _unpack_lost(self, datas: list[bytes], refs: list[list[Any]] | None,
-                     values: dict[Any, list[str]], lost: set[int]) -> list[Any]:
+    def _unpack_lost(
+        self,
+        datas: list[bytes],
+        refs: list[list[Any]] | None,
+        values: dict[Any, list[str]],
+        lost: set[int],
+    ) -> list[Any]:
         out: list[Any] = []
         for i, data in enumerate(datas):
             if i in lost:
@@ -581,9 +764,19 @@ class RoleActor(_Base):
                 if nxt is None:
                     dest = sink_keys[sink_of(message.id, partitions, sinks)]
                 else:
-                    dest = courier.pick(nxt)
-                courier.send(dest, Entry(hop_key(message), message.id, message, refs=refs,
-                                         off=off, base=base, parent=(sender, key)))
+                    dest = courier.pick(nxt, message.id)
+                courier.send(
+                    dest,
+                    Entry(
+                        hop_key(message),
+                        message.id,
+                        message,
+                        refs=refs,
+                        off=off,
+                        base=base,
+                        parent=(sender, key),
+                    ),
+                )
                 c["out"] += 1
             except asyncio.CancelledError:
                 raise
@@ -608,11 +801,18 @@ class RoleActor(_Base):
         counters.update({f"courier_{k}": v for k, v in self.courier.counters.items()})
         fatal = self.fatal or self.courier.fatal
         max_queue, self.max_queue = self.max_queue, self.inbox.qsize() + self.active
-        return {"key": self.spec.key, "role": self.spec.role, "inc": self.inc,
-                "counters": counters, "latency": self.latency,
-                "queue": self.inbox.qsize() + self.active, "max_queue": max_queue,
-                "retained": self.courier.pending(),
-                "fatal": None if fatal is None else repr(fatal)}
+        return {
+            "key": self.spec.key,
+            "role": self.spec.role,
+            "inc": self.inc,
+            "restarted": self.restarted,
+            "counters": counters,
+            "latency": self.latency,
+            "queue": self.inbox.qsize() + self.active,
+            "max_queue": max_queue,
+            "retained": self.courier.pending(),
+            "fatal": None if fatal is None else repr(fatal),
+        }
 
     async def close(self) -> None:
         """Stop cleanly (service sessions closed) before the driver kills the actor."""
@@ -636,8 +836,9 @@ class SinkActor(_Base):
         spec = self.spec
         assert spec.shard is not None
         self.pipeline = Pipeline(spec.config, open_data=False)
-        self.sink = Sink(Path(spec.shard), success_only=spec.success_only,
-                         flush_bytes=spec.flush_bytes)
+        self.sink = Sink(
+            Path(spec.shard), success_only=spec.success_only, flush_bytes=spec.flush_bytes
+        )
         self.sink.open()
         self.recovered = len(self.sink.finished)
         self.stats = RunStats()
@@ -645,33 +846,50 @@ class SinkActor(_Base):
         self.wake = asyncio.Event()
         self.counters: Counter[str] = Counter()
         self.fatal: BaseException | None = None
+        self.store = None
+        if spec.store is not None:
+            self.store = await _lookup_actor(spec.names, spec.store)
 
     async def open(self) -> tuple[str, list[str], int]:
         """(incarnation, ids already in the shard, bytes of torn tail cut) for admission."""
         await self._ensure()
         return self.inc, list(self.sink.finished), self.sink.cut_bytes
 
-    async def deliver(self, sender: str, keys: list[str], datas: list[bytes],
-                      refs: list[list[Any]] | None) -> tuple[str, list[str]]:
+    async def deliver(
+        self, sender: str, keys: list[str], datas: list[bytes], refs: list[list[Any]] | None
+    ) -> tuple[str, list[str]]:
         await self._ensure()
-        values, lost = await resolve(refs)
         sink = self.sink
         finished = sink.finished
         finish = self.pipeline.finish
         stats = self.stats
-        new = self.new_ids
-        for i, data in enumerate(datas):
-            if i in lost:
-                self.counters["lost"] += 1
+        messages = [from_bytes(data) for data in datas]
+        if refs:
+            # Only records still to be written need their payloads back; a duplicate's may
+            # already be freed.
+            fresh = [i for i, m in enumerate(messages) if m.id not in finished and refs[i]]
+            values, lost = await resolve([refs[i] for i in fresh])
+            for n, i in enumerate(fresh):
+                if n in lost:
+                    messages[i] = None  # type: ignore[call-overload]
+                    self.counters["lost"] += 1
+                else:
+                    restore(messages[i], refs[i], values)
+        new: list[str] = []
+        for message in messages:
+            if message is None:
                 continue
-            ((message, _, _),) = unpack([data], [refs[i]] if refs else None, values)
-            fresh = message.id not in finished
-            finish(message, sink, stats)
-            if fresh:
+            if message.id not in finished:
                 new.append(message.id)
+            finish(message, sink, stats)
+        if self.store is not None:
+            # Written or a duplicate of a written one: no copy of these tasks needs its
+            # payloads any more.
+            self.store.release.remote([m.id for m in messages if m is not None])
         sink.flush()  # to the OS before acknowledging: a driver crash now loses nothing
         self.counters["in"] += len(keys)
         if new:
+            self.new_ids.extend(new)
             self.wake.set()
         return self.inc, keys
 
@@ -679,8 +897,9 @@ class SinkActor(_Base):
         await self._ensure()
         return self.inc, []
 
-    async def finished(self, known_inc: str | None,
-                       timeout: float) -> tuple[str, bool, list[str], RunStats]:
+    async def finished(
+        self, known_inc: str | None, timeout: float
+    ) -> tuple[str, bool, list[str], RunStats]:
         """Long poll: ids written since the last call, and the stats of their records.
 
         A caller that knew another incarnation gets every id in the shard (`full`), since
@@ -704,11 +923,21 @@ class SinkActor(_Base):
 
     async def status(self) -> dict[str, Any]:
         await self._ensure()
-        return {"key": self.spec.key, "role": "sink", "inc": self.inc,
-                "counters": {**self.counters, "written": self.sink.written,
-                             "duplicates": self.sink.duplicates},
-                "queue": 0, "max_queue": 0, "retained": 0,
-                "fatal": None if self.fatal is None else repr(self.fatal)}
+        return {
+            "key": self.spec.key,
+            "role": "sink",
+            "inc": self.inc,
+            "restarted": self.restarted,
+            "counters": {
+                **self.counters,
+                "written": self.sink.written,
+                "duplicates": self.sink.duplicates,
+            },
+            "queue": 0,
+            "max_queue": 0,
+            "retained": 0,
+            "fatal": None if self.fatal is None else repr(self.fatal),
+        }
 
     async def close(self) -> None:
         if self._init_task is not None and self._init_task.done():
@@ -716,15 +945,55 @@ class SinkActor(_Base):
 
 
 class StoreActor(_Base):
-    """Puts offloaded fields into the object store as their owner (see module docstring)."""
+    """Owns offloaded fields and keeps them until every task referring to them is written.
 
-    async def put(self, values: list[str]) -> list[Any]:
+    Holding the reference here, rather than relying on Ray's borrower counting alone, is
+    what keeps a payload alive when a reference reached an actor through one that died: a
+    dead borrower's references are released by Ray, which could otherwise free an object
+    that a re-sent message still needs.
+    """
+
+    def __init__(self, spec: ActorSpec):
+        super().__init__(spec)
+        self.objects: dict[str, tuple[Any, set[str]]] = {}  # object id -> (ref, task ids)
+        self.by_task: dict[str, list[str]] = defaultdict(list)
+        self.counters: Counter[str] = Counter()
+
+    async def put(self, values: list[str], tids: list[str]) -> list[Any]:
+        ref = ray.put(values)
+        oid = ref.hex()
+        self.objects[oid] = (ref, set(tids))
+        for tid in tids:
+            self.by_task[tid].append(oid)
+        self.counters["objects"] += 1
         # Wrapped in a list so the caller receives the reference, not the value.
-        return [ray.put(values)]
+        return [ref]
+
+    async def release(self, tids: list[str]) -> None:
+        """Tasks were written: drop the objects no unfinished task refers to any more."""
+        objects = self.objects
+        for tid in tids:
+            for oid in self.by_task.pop(tid, ()):
+                entry = objects.get(oid)
+                if entry is None:
+                    continue
+                entry[1].discard(tid)
+                if not entry[1]:
+                    del objects[oid]
+                    self.counters["freed"] += 1
 
     async def status(self) -> dict[str, Any]:
-        return {"key": self.spec.key, "role": "store", "inc": self.inc, "counters": {},
-                "queue": 0, "max_queue": 0, "retained": 0, "fatal": None}
+        return {
+            "key": self.spec.key,
+            "role": "store",
+            "inc": self.inc,
+            "restarted": self.restarted,
+            "counters": {**self.counters, "held": len(self.objects)},
+            "queue": 0,
+            "max_queue": 0,
+            "retained": 0,
+            "fatal": None,
+        }
 
     async def held(self) -> list[str]:
         return []
