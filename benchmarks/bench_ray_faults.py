@@ -12,7 +12,7 @@
 The simulator is a measuring instrument (continuous-batching timing, filler text): the
 figures measure peerflow's recovery against an engine of known capacity, not a model.
 
-    python benchmarks/bench_ray_faults.py --rows 4000 --kill-every 5 --driver-kill
+    python benchmarks/bench_ray_faults.py --rows 4000 --kill-every 5 --repeat 3 --driver-kill
 """
 
 from __future__ import annotations
@@ -52,6 +52,11 @@ def overrides(rows: int, out: Path, instances: int, extra: list[str]) -> list[st
         *[f"roles.{role}.num_instances={instances}" for role in ROLES],
         *extra,
     ]
+
+
+def complete_lines(out: Path) -> int:
+    """Records written so far, counted while a sink may be appending (a last line may be torn)."""
+    return out.read_bytes().count(b"\n") if out.exists() else 0
 
 
 def read(out: Path) -> list[dict[str, Any]]:
@@ -112,24 +117,46 @@ async def one_run(
 
 
 def agent_kills(args: argparse.Namespace, tmp: Path) -> None:
+    """Clean and faulty runs alternate, `--repeat` pairs: this 2-core machine's own noise
+    (clean runs alone vary by ~10%) would otherwise pass for the cost of the kills."""
     extra = list(args.set)
+    print(
+        f"Coral on the SIMULATED LLM, {args.rows} tasks, {args.instances} actor(s) per role, "
+        f"a random agent actor killed every {args.kill_every:g} s, runtime overrides: "
+        f"{extra or 'none'}"
+    )
+    drops: list[tuple[float, float]] = []
     ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
     try:
-        clean = asyncio.run(one_run(args.rows, tmp / "clean.jsonl", args.instances, extra, None))
-        faulty = asyncio.run(
-            one_run(args.rows, tmp / "faulty.jsonl", args.instances, extra, args.kill_every)
-        )
+        for n in range(args.repeat):
+            clean = asyncio.run(
+                one_run(args.rows, tmp / f"clean{n}.jsonl", args.instances, extra, None)
+            )
+            faulty = asyncio.run(
+                one_run(args.rows, tmp / f"faulty{n}.jsonl", args.instances, extra, args.kill_every)
+            )
+            drops.append(report_pair(args, n, clean, faulty))
     finally:
         ray.shutdown()
+    if len(drops) > 1:
+        walls = sorted(d[0] for d in drops)
+        spans = sorted(d[1] for d in drops)
+        print(
+            f"throughput drop over {len(drops)} pairs: median {walls[len(walls) // 2]:.1%} by "
+            f"wall time (range {walls[0]:.1%} to {walls[-1]:.1%}), median "
+            f"{spans[len(spans) // 2]:.1%} from admission to last record"
+        )
+
+
+def report_pair(
+    args: argparse.Namespace, n: int, clean: dict[str, Any], faulty: dict[str, Any]
+) -> tuple[float, float]:
     ids_clean = [r["id"] for r in clean["records"]]
     ids = [r["id"] for r in faulty["records"]]
     exactly_once = len(ids) == len(set(ids)) == args.rows and set(ids) == set(ids_clean)
     by_id = {r["id"]: essence(r) for r in clean["records"]}
     differing = sum(1 for r in faulty["records"] if by_id.get(r["id"]) != essence(r))
-    print(
-        f"Coral on the SIMULATED LLM, {args.rows} tasks, {args.instances} actor(s) per role, "
-        f"runtime overrides: {extra or 'none'}"
-    )
+    print(f"pair {n + 1}:")
     for label, r in (("clean", clean), ("with kills", faulty)):
         s = r["summary"]
         ray_info = s["ray"]
@@ -140,20 +167,19 @@ def agent_kills(args: argparse.Namespace, tmp: Path) -> None:
             f"{sum(ray_info['restarts'].values())}; messages re-sent {ray_info['redelivered']}; "
             f"tasks restarted from scratch {ray_info['reinjected_tasks']} (lost payloads "
             f"{ray_info['lost_payloads']}); re-sent copies dropped in flight "
-            f"{ray_info['copies_dropped']}; duplicate records "
-            f"dropped {s['duplicates_dropped']}"
+            f"{ray_info['copies_dropped']}; duplicate records dropped {s['duplicates_dropped']}"
         )
     drop_wall = 1 - clean["wall"] / faulty["wall"]
     drop_span = 1 - span_rate(faulty["records"]) / span_rate(clean["records"])
     print(
-        f"  throughput drop under kills every {args.kill_every:g} s: {drop_wall:.1%} by wall "
-        f"time, {drop_span:.1%} from admission to last record"
+        f"  throughput drop: {drop_wall:.1%} by wall time, {drop_span:.1%} from admission to "
+        "last record"
     )
     print(
         f"  every input id exactly once: {exactly_once} ({len(ids)} records, "
-        f"{len(set(ids))} distinct ids)"
+        f"{len(set(ids))} distinct ids); rows whose record differs from the clean run: "
+        f"{differing}"
     )
-    print(f"  rows whose record differs from the clean run: {differing}")
     if args.verbose:
         first = min(r["created"] for r in faulty["records"])
         print(
@@ -166,6 +192,7 @@ def agent_kills(args: argparse.Namespace, tmp: Path) -> None:
             for x in r["records"]:
                 per[int(x["finished"] - t0)] += 1
             print(f"  records per second, {label}: {per}")
+    return drop_wall, drop_span
 
 
 def _descendants(pid: int) -> set[int]:
@@ -205,11 +232,10 @@ def driver_kill(args: argparse.Namespace, tmp: Path) -> None:
     t0 = time.time()
     while proc.poll() is None:
         family |= _descendants(proc.pid)
-        lines = len(read(out)) if out.exists() else 0
+        lines = complete_lines(out)
         if lines >= args.rows // 3:
             break
         time.sleep(0.2)
-    before = len(read(out)) if out.exists() else 0
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     killed_after = time.time() - t0
@@ -218,6 +244,8 @@ def driver_kill(args: argparse.Namespace, tmp: Path) -> None:
     for pid in family:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+    time.sleep(0.5)
+    before = complete_lines(out)  # actors may have written a little after the driver died
     t1 = time.time()
     second = subprocess.run(cmd, capture_output=True, text=True)
     records = read(out)
@@ -240,6 +268,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=4000)
     parser.add_argument("--instances", type=int, default=2, help="actors per role")
     parser.add_argument("--kill-every", type=float, default=5.0)
+    parser.add_argument("--repeat", type=int, default=3, help="clean/faulty run pairs")
     parser.add_argument("--set", nargs="*", default=[], help="extra config overrides")
     parser.add_argument("--driver-kill", action="store_true")
     parser.add_argument("--no-agent-kills", action="store_true")

@@ -25,6 +25,7 @@ import logging
 import os
 import time
 import uuid
+import warnings
 import zlib
 from collections import Counter, defaultdict, deque
 from collections.abc import Awaitable, Callable
@@ -595,7 +596,9 @@ class _Base:
         ray_worker.blocking_get_inside_async_warned = True
         self.spec = spec
         self.inc = uuid.uuid4().hex[:12]
-        self.restarted = ray.get_runtime_context().was_current_actor_reconstructed
+        with warnings.catch_warnings():  # Ray's own property trips its deprecation warning
+            warnings.simplefilter("ignore")
+            self.restarted = ray.get_runtime_context().was_current_actor_reconstructed
         self._init_task: asyncio.Future[None] | None = None
 
     async def _ensure(self) -> None:
