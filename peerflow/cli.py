@@ -57,7 +57,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"peerflow: configuration error:\n{exc}", file=sys.stderr)
         return 2
-    summary = run(config, pipeline=pipeline, progress=False if args.no_progress else None)
+    try:
+        summary = run(config, pipeline=pipeline, progress=False if args.no_progress else None)
+    except ConfigError as exc:  # found only once the runtime is up, e.g. unplaceable Ray actors
+        print(f"peerflow: configuration error:\n{exc}", file=sys.stderr)
+        return 2
     _print_summary(summary)
     return 0
 

@@ -53,6 +53,7 @@ async def run_async(
     sink.open()
     already = len(sink.finished)
     stats = RunStats()
+    stats.finished_before = already
     runtime = get_runtime(config.runtime)
     show = config.runtime.progress if progress is None else progress
     bar = None
@@ -79,8 +80,7 @@ async def run_async(
         runtime=runtime.name,
         output=str(sink.path),
         services=service_labels(config),
-        finished_before_this_run=already,
-        total_records_in_output=len(sink.finished),
+        total_records_in_output=stats.finished_before + stats.done,
         cut_torn_bytes=sink.cut_bytes,
     )
     path = summary_path(config)

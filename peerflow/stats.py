@@ -89,6 +89,10 @@ class RunStats:
         self.metric_counts: dict[str, int] = defaultdict(int)
         self.skipped = 0
         self.duplicates = 0
+        # Records already in the output when this run began (runtimes with sharded
+        # output correct it), and runtime-specific sections for the summary.
+        self.finished_before = 0
+        self.extra: dict[str, Any] = {}
         self.error_samples: list[dict[str, Any]] = []
 
     def observe(self, message: Message, metrics: dict[str, Any] | None) -> None:
@@ -139,6 +143,7 @@ class RunStats:
         return {
             **extra,
             "records_written": done,
+            "finished_before_this_run": self.finished_before,
             "skipped_already_finished": self.skipped,
             "duplicates_dropped": self.duplicates,
             "by_status": dict(self.by_status),
@@ -165,4 +170,5 @@ class RunStats:
                 k: self.metric_sums[k] / self.metric_counts[k] for k in sorted(self.metric_sums)
             },
             "error_samples": self.error_samples,
+            **self.extra,
         }

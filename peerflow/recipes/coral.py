@@ -115,13 +115,25 @@ class DummySpeaker(Agent):
     options: DummySpeakerOptions
 
     async def process(self, message: Message, request: Any) -> Step:
+        # Draws come from a hash of (task seed, hop), not a shared RNG, so a task's dialogue
+        # is the same whichever process or runtime runs it.
         o = self.options
-        n = int(o.length * (1 + _rng.uniform(-o.jitter, o.jitter)))
-        start = _rng.randrange(0, len(_TEXT) - n)
+        h = _mix(message.seed, message.hops)
+        n = int(o.length * (1 + o.jitter * (2 * (h & 0xFFFF) / 0xFFFF - 1)))
+        start = (h >> 16) % (len(_TEXT) - n)
         turn = message.route.get("turns", 0)
         p = o.p_agree_after if turn + 1 >= o.expected_turns else o.p_agree_before
-        letter = "A" if _rng.random() < p else _rng.choice(LETTERS[1:])
+        draw = _mix(h, 1)
+        letter = "A" if (draw & 0xFFFF) / 0x10000 < p else LETTERS[1 + (draw >> 16) % 9]
         return Step(role=self.role, content=f"{_TEXT[start : start + n]} The answer is ({letter})")
+
+
+def _mix(a: int, b: int) -> int:
+    """A cheap 64-bit integer hash (splitmix-style finaliser)."""
+    x = (a * 0x9E3779B97F4A7C15 + b * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    x ^= x >> 31
+    x = (x * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    return x ^ (x >> 29)
 
 
 class DummyExtractor(Agent):

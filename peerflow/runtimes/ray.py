@@ -523,14 +523,9 @@ class RayRuntime:
         """Put the runtime's own numbers into the run summary run.py writes."""
         report = {**self.report, **self.metrics.report()}
         self.report = report
-        plain = type(stats).summary
-
-        def summary(**extra: Any) -> dict[str, Any]:
-            out = plain(stats, **extra)
-            out["ray"] = report
-            return out
-
-        stats.summary = summary  # type: ignore[method-assign]
+        stats.extra["ray"] = report
+        if "finished_before_this_run" in report:
+            stats.finished_before = report["finished_before_this_run"]
 
     # -- actors ---------------------------------------------------------------------------
     def _create_actors(
