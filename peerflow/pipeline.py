@@ -8,9 +8,11 @@ same config inside each actor, so both runtimes run identical code per step.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
 from pydantic import ValidationError
@@ -24,6 +26,8 @@ from peerflow.services.base import Service
 from peerflow.sink import Sink
 from peerflow.stats import RunStats
 from peerflow.workflow import Workflow, build_workflow, unknown_roles
+
+log = logging.getLogger(__name__)
 
 
 def task_seed(base: int, task_id: str) -> int:
@@ -89,6 +93,23 @@ class Pipeline:
         from peerflow.services import build_service
 
         return {name: build_service(name, cfg) for name, cfg in self.config.services.items()}
+
+    @contextlib.asynccontextmanager
+    async def running_services(self) -> AsyncIterator[dict[str, Service]]:
+        """Start every service for the run, and stop the started ones however the run ends."""
+        services = self.services()
+        started: list[Service] = []
+        try:
+            for service in services.values():
+                await service.start()
+                started.append(service)
+            yield services
+        finally:
+            for service in reversed(started):
+                try:
+                    await service.stop()
+                except Exception:
+                    log.exception("stopping service %s failed", service.name)
 
     def agents(self, services: Mapping[str, Service]) -> dict[str, Agent]:
         return {

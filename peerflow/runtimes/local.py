@@ -12,18 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections import deque
 
 from peerflow.agents import Agent
 from peerflow.config import RuntimeConfig
 from peerflow.message import RUNNING, Message
 from peerflow.pipeline import Pipeline
-from peerflow.services.base import Service
 from peerflow.sink import Sink
 from peerflow.stats import RunStats
-
-log = logging.getLogger(__name__)
 
 
 class Inbox:
@@ -66,22 +62,11 @@ class LocalRuntime:
         self.in_flight = 0
 
     async def run(self, pipeline: Pipeline, sink: Sink, stats: RunStats) -> None:
-        services = pipeline.services()
-        started: list[Service] = []
-        try:
-            for service in services.values():
-                await service.start()
-                started.append(service)
+        async with pipeline.running_services() as services:
             agents = pipeline.agents(services)
             for agent in agents.values():
                 await agent.setup()
             await self._drive(pipeline, agents, sink, stats)
-        finally:
-            for service in reversed(started):
-                try:
-                    await service.stop()
-                except Exception:
-                    log.exception("stopping service %s failed", service.name)
 
     async def _drive(
         self, pipeline: Pipeline, agents: dict[str, Agent], sink: Sink, stats: RunStats

@@ -489,21 +489,10 @@ class RayRuntime:
         server = None
         try:
             check_placement(pipeline.config, ray.nodes(), ray.available_resources())
-            services = pipeline.services()
-            started: list[Service] = []
-            try:
-                for service in services.values():
-                    await service.start()
-                    started.append(service)
+            async with pipeline.running_services() as services:
                 if self.config.metrics_port is not None:
                     server = self._serve_metrics(self.config.metrics_port)
                 await self._drive(pipeline, actor_config(pipeline.config, services), sink, stats)
-            finally:
-                for service in reversed(started):
-                    try:
-                        await service.stop()
-                    except Exception:
-                        log.exception("stopping service %s failed", service.name)
         finally:
             if server is not None:
                 server.shutdown()
