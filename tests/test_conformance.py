@@ -37,19 +37,6 @@ RUNTIMES = [
 ECHO = "peerflow.testing:Echo"
 
 
-@pytest.fixture(scope="module")
-def ray_cluster() -> Any:
-    """One small local Ray for the whole module (ray.init costs seconds); runs reuse it."""
-    import ray
-
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    yield
-    if started:
-        ray.shutdown()
-
-
 @pytest.fixture(params=RUNTIMES)
 def runtime(request: pytest.FixtureRequest) -> str:
     if request.param == "ray":
