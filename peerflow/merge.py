@@ -13,16 +13,18 @@ holds the files.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import zstandard
 
-from peerflow.sink import _File, errors_path
+from peerflow.sink import _File, errors_path, scan_records
 
 _SUFFIXES = (".jsonl.zst", ".jsonl")
 
@@ -83,17 +85,6 @@ def read_ids(path: Path) -> set[str]:
     return ids
 
 
-def _records(path: Path) -> list[bytes]:
-    f = _File(path)
-    f.recover(set())  # cut a torn tail first: a half record is not a record
-    if not path.exists():
-        return []
-    data = path.read_bytes()
-    if f.zst and data:
-        data = zstandard.ZstdDecompressor().stream_reader(data, read_across_frames=True).read()
-    return [line for line in data.splitlines() if line.strip()]
-
-
 @dataclass
 class MergeResult:
     output: Path
@@ -104,30 +95,36 @@ class MergeResult:
 
 
 def _merge_files(dest: Path, inputs: list[Path]) -> tuple[int, int]:
+    """Stream every complete record of `inputs` into `dest`, first record per id wins."""
     seen: set[str] = set()
-    kept: list[bytes] = []
-    duplicates = 0
-    for path in inputs:
-        for line in _records(path):
-            try:
-                rid = _ids.decode(line).id
-            except msgspec.DecodeError:
-                continue
-            if rid in seen:
-                duplicates += 1
-                continue
-            seen.add(rid)
-            kept.append(line)
-    data = b"".join(line + b"\n" for line in kept)
-    if dest.name.endswith(".zst"):
-        data = zstandard.ZstdCompressor(level=3).compress(data)
+    kept = duplicates = 0
     tmp = dest.with_name(dest.name + ".merging")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+    with open(tmp, "wb") as raw:
+        with contextlib.ExitStack() as stack:
+            out: Any = raw
+            if dest.name.endswith(".zst"):
+                cctx = zstandard.ZstdCompressor(level=3)
+                out = stack.enter_context(cctx.stream_writer(raw, closefd=False))
+
+            def keep(line: bytes) -> None:
+                nonlocal kept, duplicates
+                try:
+                    rid = _ids.decode(line).id
+                except msgspec.DecodeError:
+                    return
+                if rid in seen:
+                    duplicates += 1
+                    return
+                seen.add(rid)
+                out.write(line.rstrip(b"\n") + b"\n")
+                kept += 1
+
+            for path in inputs:
+                scan_records(path, keep)
+        raw.flush()
+        os.fsync(raw.fileno())
     os.replace(tmp, dest)
-    return len(kept), duplicates
+    return kept, duplicates
 
 
 def merge_shards(output: str | Path, *, keep_shards: bool = False) -> MergeResult:

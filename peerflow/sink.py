@@ -17,7 +17,9 @@ output instead, so every row still has exactly one record somewhere.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -86,22 +88,23 @@ class _File:
         self.size = 0
 
     def recover(self, ids: set[str]) -> int:
-        """Cut a torn tail, collect the finished ids; returns how many bytes were cut."""
+        """Cut a torn tail, collect the finished ids; returns how many bytes were cut.
+
+        Streams the file, so resuming a run with a very large output stays small in memory.
+        """
         if not self.path.exists():
             return 0
-        data = self.path.read_bytes()
-        good = _zst_good_prefix(data) if self.zst else data.rfind(b"\n") + 1
-        cut = len(data) - good
+
+        def collect(line: bytes) -> None:
+            # A line that is not one of our records is kept, but finishes nothing.
+            with contextlib.suppress(msgspec.DecodeError):
+                ids.add(_id_decoder.decode(line).id)
+
+        good = scan_records(self.path, collect)
+        cut = self.path.stat().st_size - good
         if cut:
             with open(self.path, "r+b") as f:
                 f.truncate(good)
-        text = _zst_decompress(data[:good]) if self.zst else data[:good]
-        for line in text.splitlines():
-            if line.strip():
-                try:
-                    ids.add(_id_decoder.decode(line).id)
-                except msgspec.DecodeError:
-                    continue  # not one of ours; keep it, but it finishes nothing
         return cut
 
     def open(self) -> None:
@@ -134,26 +137,46 @@ class _File:
             self.fd = None
 
 
-def _zst_good_prefix(data: bytes) -> int:
-    """Length of the prefix made of complete zstd frames."""
-    pos = 0
-    while pos < len(data):
-        obj = zstandard.ZstdDecompressor().decompressobj()
-        try:
-            obj.decompress(data[pos:])
-        except zstandard.ZstdError:
-            break
-        if not obj.eof:
-            break
-        pos = len(data) - len(obj.unused_data)
-    return pos
+def scan_records(path: Path, on_line: Callable[[bytes], None], chunk: int = 1 << 20) -> int:
+    """Call `on_line` for every complete record line; return the length of the intact prefix.
 
-
-def _zst_decompress(data: bytes) -> bytes:
-    if not data:
-        return b""
-    reader = zstandard.ZstdDecompressor().stream_reader(data, read_across_frames=True)
-    return reader.read()
+    A record is complete when its line ends in a newline (JSONL) or its zstd frame is whole
+    (`.zst`, one frame per flush): whatever follows is a tail torn by a crash.
+    """
+    if not path.name.endswith(".zst"):
+        good = 0
+        with open(path, "rb") as f:
+            for line in f:
+                if not line.endswith(b"\n"):
+                    break
+                good += len(line)
+                if line.strip():
+                    on_line(line)
+        return good
+    dctx = zstandard.ZstdDecompressor()
+    good = offset = 0
+    frame = dctx.decompressobj()
+    text = b""
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            data = block
+            while data:
+                try:
+                    text += frame.decompress(data)
+                except zstandard.ZstdError:
+                    return good
+                if not frame.eof:
+                    offset += len(data)
+                    break
+                offset += len(data) - len(frame.unused_data)
+                good = offset
+                for line in text.splitlines():
+                    if line.strip():
+                        on_line(line)
+                text = b""
+                data = frame.unused_data
+                frame = dctx.decompressobj()
+    return good
 
 
 class Sink:
