@@ -183,7 +183,7 @@ class RuntimeConfig(Strict):
     # Ray only: step texts longer than this many bytes travel through Ray's object store;
     # None keeps every field inline.
     offload_threshold: int | None = Field(default=512, ge=0)
-    # Ray only: serve Prometheus metrics on this port of the driver while the run goes.
+    # Serve Prometheus metrics on this port (of the driver, on Ray) while the run goes.
     metrics_port: int | None = Field(default=None, ge=0, le=65535)
     # Ray only: CPUs of the local Ray started when no address is given (default: all cores).
     num_cpus: float | None = Field(default=None, gt=0)

@@ -62,11 +62,20 @@ class LocalRuntime:
         self.in_flight = 0
 
     async def run(self, pipeline: Pipeline, sink: Sink, stats: RunStats) -> None:
-        async with pipeline.running_services() as services:
-            agents = pipeline.agents(services)
-            for agent in agents.values():
-                await agent.setup()
-            await self._drive(pipeline, agents, sink, stats)
+        server = None
+        if self.config.metrics_port is not None:
+            from peerflow.metrics import serve_metrics
+
+            server = serve_metrics(self.config.metrics_port, stats, lambda: self.in_flight)
+        try:
+            async with pipeline.running_services() as services:
+                agents = pipeline.agents(services)
+                for agent in agents.values():
+                    await agent.setup()
+                await self._drive(pipeline, agents, sink, stats)
+        finally:
+            if server is not None:
+                server.shutdown()
 
     async def _drive(
         self, pipeline: Pipeline, agents: dict[str, Agent], sink: Sink, stats: RunStats
