@@ -36,6 +36,7 @@ import ray
 from peerflow.config import load_config
 from peerflow.pipeline import Pipeline
 from peerflow.run import run_async
+from peerflow.testing import descendant_pids
 
 ROOT = Path(__file__).resolve().parent.parent
 CORAL = ROOT / "examples" / "coral" / "coral_sim.yaml"
@@ -195,27 +196,6 @@ def report_pair(
     return drop_wall, drop_span
 
 
-def _descendants(pid: int) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(entry))
-    out: set[int] = set()
-    todo = [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in out:
-                out.add(child)
-                todo.append(child)
-    return out
-
-
 def driver_kill(args: argparse.Namespace, tmp: Path) -> None:
     out = tmp / "driver.jsonl"
     cmd = [
@@ -231,7 +211,7 @@ def driver_kill(args: argparse.Namespace, tmp: Path) -> None:
     family: set[int] = set()
     t0 = time.time()
     while proc.poll() is None:
-        family |= _descendants(proc.pid)
+        family |= descendant_pids(proc.pid)
         lines = complete_lines(out)
         if lines >= args.rows // 3:
             break

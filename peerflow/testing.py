@@ -101,3 +101,25 @@ class PingPong(Workflow):
             return "b"
         done = sum(1 for s in message.history if s.role == "b")
         return None if done >= self.rounds else "a"
+
+
+def descendant_pids(pid: int) -> set[int]:
+    """Every process below `pid` (Linux /proc), to check that a killed run left no orphans."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found

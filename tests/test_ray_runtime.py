@@ -31,6 +31,7 @@ from peerflow.merge import manifest_path, merge_shards, read_manifest  # noqa: E
 from peerflow.pipeline import Pipeline  # noqa: E402
 from peerflow.run import run_async  # noqa: E402
 from peerflow.runtimes.ray import PlacementError  # noqa: E402
+from peerflow.testing import descendant_pids  # noqa: E402
 
 ECHO = "peerflow.testing:Echo"
 ROOT = Path(__file__).resolve().parent.parent
@@ -224,26 +225,6 @@ async def test_metrics_are_served_while_the_run_goes(tmp_path: Path) -> None:
     assert summary["ray"]["roles"]["a"]["latency_seconds"]["p50"] > 0.04
 
 
-def _descendants(pid: int) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry))
-    found: set[int] = set()
-    todo = [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
-
-
 def test_killed_driver_resumes_with_one_record_per_id(tmp_path: Path) -> None:
     roles = {"a": {"agent": ECHO, "delay": 0.01}, "b": {"agent": ECHO}}
     data = config_data(tmp_path, rows=600, roles=roles, runtime={"max_in_flight": 8})
@@ -255,7 +236,7 @@ def test_killed_driver_resumes_with_one_record_per_id(tmp_path: Path) -> None:
     family: set[int] = set()
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and proc.poll() is None:
-        family |= _descendants(proc.pid)
+        family |= descendant_pids(proc.pid)
         if out.exists() and out.read_bytes().count(b"\n") >= 50:  # a last line may be torn
             break
         time.sleep(0.1)

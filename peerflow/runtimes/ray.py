@@ -251,7 +251,8 @@ def merge_stats(dst: RunStats, src: RunStats) -> None:
 # --- metrics -----------------------------------------------------------------------------
 
 
-_ROLE_COUNTERS = (
+# Per-role counters shown in the run summary; the rest are the courier's own.
+_STEP_COUNTERS = (
     "in",
     "out",
     "steps",
@@ -259,6 +260,9 @@ _ROLE_COUNTERS = (
     "retries",
     "prompt_tokens",
     "completion_tokens",
+)
+_ROLE_COUNTERS = (
+    *_STEP_COUNTERS,
     "lost",
     "courier_redelivered",
     "courier_call_failures",
@@ -366,18 +370,7 @@ class RuntimeMetrics:
             "roles": {
                 role: {
                     "actors": r["actors"],
-                    **{
-                        k: r["counters"][k]
-                        for k in (
-                            "in",
-                            "out",
-                            "steps",
-                            "errors",
-                            "retries",
-                            "prompt_tokens",
-                            "completion_tokens",
-                        )
-                    },
+                    **{k: r["counters"][k] for k in _STEP_COUNTERS},
                     "max_queue": self.max_queue[role],
                     "latency_seconds": r["latency"].summary(),
                 }
