@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from typing import Any
 
@@ -49,7 +50,54 @@ def _print_summary(summary: dict[str, Any]) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from peerflow.pipeline import Pipeline
-    from peerflow.run import run
+    from peerflow.run import EXIT_CODES, EXIT_CONFIG, EXIT_INTERNAL, run
+    from peerflow.sink import FingerprintMismatch, OutputBusy
+
+    try:
+        config = load_config(args.config, args.overrides)
+        pipeline = Pipeline(config)
+    except ConfigError as exc:
+        print(f"peerflow: configuration error:\n{exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        summary = run(
+            config,
+            pipeline=pipeline,
+            progress=False if args.no_progress else None,
+            retry_failed=args.retry_failed,
+            force=args.force,
+        )
+    except ConfigError as exc:  # found only once the runtime is up, e.g. unplaceable Ray actors
+        print(f"peerflow: configuration error:\n{exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except (OutputBusy, FingerprintMismatch) as exc:
+        print(f"peerflow: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except OSError as exc:  # an unwritable output path, a full disk
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"peerflow: cannot write{where}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_INTERNAL
+    except Exception as exc:  # a runtime fault: the summary is written, rows can be resumed
+        print(
+            f"peerflow: the run failed: {type(exc).__name__}: {exc}\n"
+            "peerflow: rows in flight were abandoned; re-run the same command to resume",
+            file=sys.stderr,
+        )
+        if os.environ.get("PEERFLOW_DEBUG"):
+            raise
+        return EXIT_INTERNAL
+    _print_summary(summary)
+    code = summary["exit_code"]
+    if summary["outcome"] != "complete":
+        print(f"peerflow: {summary['outcome']}: {summary['reason']}", file=sys.stderr)
+    print(f"exit status {code}: {EXIT_CODES[code]}", file=sys.stderr)
+    return code
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """Everything `run` checks before it starts a service or writes a file, and nothing more."""
+    from peerflow.config import config_fingerprint
+    from peerflow.pipeline import Pipeline
 
     try:
         config = load_config(args.config, args.overrides)
@@ -57,24 +105,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"peerflow: configuration error:\n{exc}", file=sys.stderr)
         return 2
-    try:
-        summary = run(config, pipeline=pipeline, progress=False if args.no_progress else None)
-    except ConfigError as exc:  # found only once the runtime is up, e.g. unplaceable Ray actors
-        print(f"peerflow: configuration error:\n{exc}", file=sys.stderr)
+    except Exception as exc:  # a bug in a user's module, say: still no traceback
+        print(f"peerflow: the check failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        if os.environ.get("PEERFLOW_DEBUG"):
+            raise
         return 2
-    _print_summary(summary)
-    return 0
-
-
-def cmd_check(args: argparse.Namespace) -> int:
-    from peerflow.pipeline import Pipeline
-
-    try:
-        Pipeline(load_config(args.config, args.overrides))
-    except ConfigError as exc:
-        print(f"peerflow: configuration error:\n{exc}", file=sys.stderr)
-        return 2
-    print(f"{args.config}: ok")
+    dataset = pipeline.dataset
+    print(
+        f"{args.config}: ok ({len(config.roles)} role(s), {config.workflow.kind} workflow, "
+        f"dataset {dataset.format if dataset else '?'}, "
+        f"config fingerprint {config_fingerprint(config)})"
+    )
     return 0
 
 
@@ -100,6 +141,16 @@ def main(argv: list[str] | None = None) -> None:
     p_run.add_argument("config")
     p_run.add_argument("overrides", nargs="*", help="key.sub=value overrides (values are YAML)")
     p_run.add_argument("--no-progress", action="store_true")
+    p_run.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="re-attempt every failed row (by default only transient failures are re-attempted)",
+    )
+    p_run.add_argument(
+        "--force",
+        action="store_true",
+        help="resume even though the config's fingerprint differs from the output's",
+    )
     p_run.set_defaults(fn=cmd_run)
     p_check = sub.add_parser("check", help="validate a config without running it")
     p_check.add_argument("config")
@@ -122,7 +173,12 @@ def main(argv: list[str] | None = None) -> None:
     if rest:
         args.overrides = [*getattr(args, "overrides", []), *rest]
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    sys.exit(args.fn(args))
+    try:
+        code = args.fn(args)
+    except KeyboardInterrupt:
+        print("\npeerflow: interrupted; re-run the same command to resume", file=sys.stderr)
+        code = 130
+    sys.exit(code)
 
 
 if __name__ == "__main__":

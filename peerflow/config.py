@@ -61,6 +61,8 @@ class _ClientOptions(Strict):
     max_retries: int = Field(default=3, ge=0)
     backoff: float = Field(default=0.5, ge=0)
     backoff_max: float = Field(default=30.0, ge=0)
+    # Longest wait (s) a server's Retry-After is honoured for; separate from backoff_max.
+    retry_after_max: float = Field(default=600.0, ge=0)
     sticky: bool = False
     max_connections: int = Field(default=1024, ge=1)
     extra_body: dict[str, Any] = Field(default_factory=dict)
@@ -191,6 +193,10 @@ class RuntimeConfig(Strict):
     dashboard: bool = False
     # Ray only: seconds to wait for every actor to start before failing the run.
     start_timeout: float = Field(default=120.0, gt=0)
+    # Stop the run when a service's first this-many requests all fail (0: never).
+    fail_fast: int = Field(default=20, ge=0)
+    # Stop the run when a service that had worked fails on every endpoint this long (s).
+    outage_timeout: float = Field(default=600.0, gt=0)
 
 
 class OutputConfig(Strict):
@@ -226,18 +232,94 @@ class RunConfig(Strict):
         return p if p.is_absolute() else self.base_dir / p
 
 
+# --- fingerprint -------------------------------------------------------------
+
+# Role keys that place or size a role's workers; they do not change what a step produces.
+_ROLE_RUNTIME_KEYS = ("workers", "num_instances", "resources")
+# Service options that shape replies (besides kind and model); the rest are transport knobs.
+_SERVICE_DATA_KEYS = ("extra_body", "n_ctx")
+# Simulator options that shape its replies; the rest (time_scale, fault rates, ...) shape
+# only timing and failures, which records already carry.
+_SIM_DATA_KEYS = (
+    "script",
+    "agree_after",
+    "seed",
+    "output_median",
+    "output_sigma",
+    "default_max_tokens",
+)
+
+
+def config_fingerprint(config: RunConfig) -> str:
+    """A short hex hash of what shapes the output's data, to refuse a resume that would mix two.
+
+    Covered: the dataset's path (as written in the config), format, split,
+    id_field, fields and repeat (which changes ids and so seeds); the whole `task` section (message
+    template, trials, seed); every role's agent and options (prompts and other
+    templates, sampling, extra_body, parse functions, ...) except the runtime
+    keys `workers`, `num_instances` and `resources`; the whole workflow; the
+    `metrics` function; and per service its kind, model name, `extra_body` and
+    `n_ctx`, plus for a simulator the options that shape its replies (script,
+    agree_after, seed, output_median, output_sigma, default_max_tokens).
+
+    Not covered, since they change how fast or where a run goes, not what it
+    writes: endpoints, api keys, timeouts, retries, connections, replicas,
+    simulator timing and fault options, `runtime`, `output` (path, flushing,
+    success_only, summary), `name`, progress and metrics settings. Nor is
+    `dataset.limit`: it selects how many rows run, not what a row's record holds,
+    so a trial run with `limit: 15` can be resumed by the full run.
+    """
+    import hashlib
+
+    import orjson
+
+    dataset = config.dataset.model_dump(mode="json", exclude={"limit"})
+    services = {}
+    for name, svc in config.services.items():
+        entry: dict[str, Any] = {"kind": svc.kind, "model": svc.model}
+        for key in _SERVICE_DATA_KEYS:
+            if hasattr(svc, key):
+                entry[key] = getattr(svc, key)
+        if isinstance(svc, SimServiceConfig):
+            entry["options"] = {k: v for k, v in svc.options.items() if k in _SIM_DATA_KEYS}
+        services[name] = entry
+    roles = {}
+    for name, role in config.roles.items():
+        data = role.model_dump(mode="json")
+        for key in _ROLE_RUNTIME_KEYS:
+            data.pop(key, None)
+        roles[name] = data
+    shape = {
+        "dataset": dataset,
+        "task": config.task.model_dump(mode="json"),
+        "services": services,
+        "roles": roles,
+        "workflow": config.workflow.model_dump(mode="json"),
+        "metrics": config.metrics,
+    }
+    blob = orjson.dumps(shape, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
+    return hashlib.blake2b(blob, digest_size=8).hexdigest()
+
+
 # --- loading ---------------------------------------------------------------
 
 
 def apply_override(data: dict[str, Any], override: str) -> None:
-    """Apply one `a.b.c=value` override; the value is parsed as YAML (so 3, true, [a, b] work)."""
+    """Apply one `a.b.c=value` override; the value is parsed as YAML (so 3, true, [a, b] work).
+
+    A value that is not valid YAML (`task.message=a: b: c`, an unclosed `[`) is
+    taken as the plain string it is, as a shell user would expect.
+    """
     if "=" not in override:
         raise ConfigError(f"override {override!r}: expected key.path=value")
     key, _, raw = override.partition("=")
     parts = [p for p in key.strip().split(".") if p]
     if not parts:
         raise ConfigError(f"override {override!r}: empty key")
-    value = yaml.safe_load(raw) if raw.strip() else ""
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
     node = data
     for i, part in enumerate(parts[:-1]):
         child = node.get(part)
@@ -278,6 +360,7 @@ def format_errors(
     errors: list[tuple[tuple[str, ...], str]],
     lines: dict[tuple[str, ...], int] | None = None,
 ) -> str:
+    """One `file:line: key.path: message` line per error, in the file's order."""
     out = []
     for path, msg in errors:
         where = ".".join(path) or "<top>"
@@ -287,8 +370,10 @@ def format_errors(
                 line = lines.get(path[:n])
                 if line:
                     break
-        out.append(f"{source}:{line}: {where}: {msg}" if line else f"{source}: {where}: {msg}")
-    return "\n".join(out)
+        text = f"{source}:{line}: {where}: {msg}" if line else f"{source}: {where}: {msg}"
+        out.append((line or 0, text))
+    out.sort(key=lambda item: item[0])  # stable: errors on one line keep their order
+    return "\n".join(text for _, text in out)
 
 
 def validation_errors(exc: ValidationError) -> list[tuple[tuple[str, ...], str]]:

@@ -18,6 +18,10 @@ def load_object(path: str, *, what: str = "object") -> Any:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise ValueError(f"{what} {path!r}: cannot import module {module_name!r}: {exc}") from None
+    except Exception as exc:  # the module itself is broken (SyntaxError, a raise at import)
+        raise ValueError(
+            f"{what} {path!r}: importing module {module_name!r} failed: {type(exc).__name__}: {exc}"
+        ) from None
     obj: Any = module
     for part in attr.split("."):
         try:

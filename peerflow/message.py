@@ -22,6 +22,12 @@ RUNNING = "running"
 OK = "ok"
 ERROR = "error"
 
+# Error kinds: a transient failure (transport error, timeout, 408/429/5xx, a service
+# that would not start) is re-attempted by the next run of the same command; a
+# permanent one (other 4xx, a parse error, a workflow error) only with --retry-failed.
+TRANSIENT = "transient"
+PERMANENT = "permanent"
+
 
 class Step(msgspec.Struct, omit_defaults=True):
     """One agent's contribution to a task.
@@ -43,6 +49,17 @@ class Step(msgspec.Struct, omit_defaults=True):
     ok: bool = True
     error: str | None = None
     attempts: int = 0
+    # A failed step: was the failure transient, and the HTTP status if a server answered.
+    transient: bool = False
+    http_status: int | None = None
+    # Provenance of an LLM step: which endpoint (index into the service's list), the
+    # sampling parameters sent, why generation stopped, the hash of the prompt
+    # templates, and the seed sent.
+    endpoint: int | None = None
+    sampling: dict[str, Any] | None = None
+    finish_reason: str | None = None
+    template: str | None = None
+    seed: int | None = None
 
 
 class Message(msgspec.Struct, omit_defaults=True):
@@ -66,6 +83,10 @@ class Message(msgspec.Struct, omit_defaults=True):
     created: float = 0.0
     finished: float = 0.0
     hops: int = 0
+    # Why the task ended: "done" (the workflow finished), "until" (a loop's condition
+    # held), "stop" (a step set data.stop), "max_turns", "max_steps", or the stage that
+    # failed ("agent", "workflow", "input", ...).
+    reason: str | None = None
     v: int = SCHEMA_VERSION
 
     def last(self, *roles: str) -> Step | None:
@@ -78,14 +99,32 @@ class Message(msgspec.Struct, omit_defaults=True):
                 return step
         return None
 
-    def steps(self, role: str) -> list[Step]:
-        return [s for s in self.history if s.role == role]
+    def fail(
+        self,
+        stage: str,
+        error: str,
+        *,
+        transient: bool = False,
+        status: int | None = None,
+        attempts: int = 0,
+        **where: Any,
+    ) -> Message:
+        """Mark the task failed; the record carries what a retry needs, not just a log line.
 
-    def fail(self, stage: str, error: str, **where: Any) -> Message:
-        """Mark the task failed; the sink records `error` as data, not just a log line."""
+        `transient` says whether re-running the same command should re-attempt the row;
+        `status` is the HTTP status when a server answered; `attempts` counts requests.
+        """
         self.status = ERROR
-        self.error = {"stage": stage, "message": error, **where}
+        self.error = {
+            "stage": stage,
+            "message": error,
+            "kind": TRANSIENT if transient else PERMANENT,
+            "status": status,
+            "attempts": attempts,
+            **where,
+        }
         self.next_role = None
+        self.reason = stage
         return self
 
     def tokens(self) -> tuple[int, int]:

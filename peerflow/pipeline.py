@@ -12,20 +12,21 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Container, Iterator, Mapping
 from typing import Any
 
 from pydantic import ValidationError
 
+from peerflow import checks
 from peerflow.agents import Agent, AgentOptions, agent_class
-from peerflow.agents.llm import TASK_ROLE, compile_template
+from peerflow.agents.llm import TASK_ROLE, compile_template, render
 from peerflow.config import RunConfig, validation_errors
 from peerflow.loading import load_object
 from peerflow.message import Message, Step, new_message
 from peerflow.services.base import Service
 from peerflow.sink import Sink
 from peerflow.stats import RunStats
-from peerflow.workflow import Workflow, build_workflow, unknown_roles
+from peerflow.workflow import Workflow
 
 log = logging.getLogger(__name__)
 
@@ -36,22 +37,45 @@ def task_seed(base: int, task_id: str) -> int:
     return int.from_bytes(digest, "big") & 0x7FFFFFFF
 
 
+def _null_message(
+    name: str, used_by: str, fields: Mapping[str, Any], variables: Mapping[str, Any]
+) -> str:
+    """Why a variable a template uses has no value in this row, naming the input column."""
+    spec = fields.get(name)
+    column = spec if isinstance(spec, str) else getattr(spec, "column", name)
+    what = "null" if name in variables else "missing"
+    if column == name:
+        return f"field {name!r} is {what} (used by {used_by})"
+    return f"field {column!r} (prompt variable {name!r}) is {what} (used by {used_by})"
+
+
 class Pipeline:
     def __init__(self, config: RunConfig, *, open_data: bool = True):
+        """Build the run's parts and check everything that can be known before it starts.
+
+        With `open_data` (the driver, `peerflow check`), also open the dataset, check
+        template variables against its fields, build every agent against unstarted
+        services and check the output can be written; worker processes rebuilding a
+        checked pipeline skip those. Every problem found is reported at once, as one
+        ConfigError pointing at the YAML lines.
+        """
         self.config = config
         errors: list[tuple[tuple[str, ...], str]] = []
-        self.workflow: Workflow | None = None
-        try:
-            self.workflow = build_workflow(config.workflow)
-        except Exception as exc:
-            errors.append((("workflow",), str(exc)))
+        self.workflow: Workflow | None
+        self.workflow, found = checks.checked_workflow(config)
+        errors += found
         self.agent_specs: dict[str, tuple[type[Agent], AgentOptions]] = {}
+        # Roles whose options failed validation, as given: their templates and functions
+        # are still checked, so that one run of `check` reports every problem.
+        unchecked: dict[str, tuple[type[Agent], AgentOptions]] = {}
         for role, role_cfg in config.roles.items():
             try:
                 cls = agent_class(role_cfg.agent, role=role)
                 options = cls.Options.model_validate(role_cfg.options)
             except ValidationError as exc:
                 errors += [(("roles", role, *path), msg) for path, msg in validation_errors(exc)]
+                given = {k: v for k, v in role_cfg.options.items() if k in cls.Options.model_fields}
+                unchecked[role] = (cls, cls.Options.model_construct(**given))
                 continue
             except ValueError as exc:
                 errors.append((("roles", role, "agent"), str(exc)))
@@ -62,19 +86,24 @@ class Pipeline:
                     (("roles", role, "service"), f"no service named {service!r} under services")
                 )
             self.agent_specs[role] = (cls, options)
-        if self.workflow is not None:
-            for role in sorted(unknown_roles(self.workflow, config.roles)):
-                errors.append((("workflow",), f"role {role!r} is not defined under roles"))
+        self.task_template = None
         try:
             self.task_template = compile_template(config.task.message, "task.message")
         except ValueError as exc:
             errors.append((("task", "message"), str(exc)))
         self.metrics_fn = None
         if config.metrics:
-            try:
+            found = checks.callable_errors(config.metrics, "metrics", ("metrics",))
+            errors += found
+            if not found:
                 self.metrics_fn = load_object(config.metrics, what="metrics")
-            except ValueError as exc:
-                errors.append((("metrics",), str(exc)))
+        errors += checks.sim_option_errors(config)
+        all_specs = {**self.agent_specs, **unchecked}
+        errors += checks.option_callable_errors(all_specs)
+        uses, found = checks.template_uses(config, all_specs)
+        errors += found
+        # Variables each row must give, not null: checked per row in `tasks`.
+        self.required_vars = checks.required_vars(config, uses)
         self.dataset = None
         if open_data:
             from peerflow.datasets import DatasetError, open_dataset
@@ -83,9 +112,32 @@ class Pipeline:
                 self.dataset = open_dataset(config.dataset, config.resolve(config.dataset.path))
             except DatasetError as exc:
                 errors.append((("dataset", "path"), str(exc)))
+            except Exception as exc:  # an unforeseen reader error is still the dataset's
+                errors.append((("dataset", "path"), f"cannot open: {type(exc).__name__}: {exc}"))
+            if self.dataset is not None:
+                columns = None if config.dataset.fields else self.dataset.columns()
+                columns_are = (
+                    "a key of the dataset's first row"
+                    if self.dataset.format == "jsonl"
+                    else "a column of the dataset"
+                )
+                errors += checks.template_var_errors(config, uses, columns, columns_are)
+            errors += checks.output_errors(config)
+            if not errors:  # agents built on a broken config would only repeat its errors
+                try:
+                    services = self.services()
+                except Exception as exc:
+                    errors.append((("services",), f"{type(exc).__name__}: {exc}"))
+                else:
+                    errors += checks.agent_build_errors(self.agent_specs, services)
         if errors:
             raise config.error(errors)
         self.skipped = 0
+
+    @property
+    def duplicate_ids(self) -> int:
+        """Input rows of the current (or last) pass whose id repeated an earlier row's."""
+        return self.dataset.duplicate_ids if self.dataset is not None else 0
 
     # --- services and agents ----------------------------------------------
     def services(self) -> dict[str, Service]:
@@ -95,16 +147,27 @@ class Pipeline:
         return {name: build_service(name, cfg) for name, cfg in self.config.services.items()}
 
     @contextlib.asynccontextmanager
-    async def running_services(self) -> AsyncIterator[dict[str, Service]]:
-        """Start every service for the run, and stop the started ones however the run ends."""
+    async def running_services(self, watch: Any = None) -> AsyncIterator[dict[str, Service]]:
+        """Start every service for the run, and stop the started ones however the run ends.
+
+        With a `ServiceWatch`, agents get the watched services, and every service must
+        answer its health check before this yields: no row is admitted, and no record
+        written, while a service is down or mistyped.
+        """
         services = self.services()
         started: list[Service] = []
         try:
             for service in services.values():
                 await service.start()
                 started.append(service)
+            if watch is not None and services:
+                services = watch.wrap_all(services)
+                await watch.check_health()
+                watch.start()
             yield services
         finally:
+            if watch is not None:
+                await watch.stop()
             for service in reversed(started):
                 try:
                     await service.stop()
@@ -117,8 +180,13 @@ class Pipeline:
         }
 
     # --- tasks ---------------------------------------------------------------
-    def tasks(self, finished: set[str] | frozenset[str] = frozenset()) -> Iterator[Message]:
-        """Task messages for every row not yet finished, lazily; bad rows come out failed."""
+    def tasks(self, finished: Container[str] = frozenset()) -> Iterator[Message]:
+        """Task messages for every row not yet finished, lazily; bad rows come out failed.
+
+        Every input line gives one message per trial, or one failed message: a line
+        that cannot be read, a repeated id, or a row whose prompt variables are
+        missing, null or of the wrong type (the error names the field and the line).
+        """
         from peerflow.datasets import RowError, map_fields
 
         assert self.dataset is not None, "pipeline was built without its dataset"
@@ -127,13 +195,15 @@ class Pipeline:
         trials = cfg.task.trials
         seed = cfg.task.seed
         template = self.task_template
+        required = tuple(self.required_vars.items())
+        unit = self.dataset.unit
         for raw in self.dataset:
             if raw.error is not None:
                 if raw.id in finished:
                     self.skipped += 1
                     continue
                 row = raw.row if isinstance(raw.row, dict) else {"raw": raw.row}
-                yield new_message(raw.id, row, {}).fail("input", raw.error, index=raw.index)
+                yield new_message(raw.id, row, {}).fail("input", raw.error, line=raw.line)
                 continue
             for trial in range(trials):
                 task_id = raw.id if trials == 1 else f"{raw.id}#{trial}"
@@ -144,18 +214,24 @@ class Pipeline:
                     task_id, raw.row, {}, trial=trial, seed=task_seed(seed, task_id)
                 )
                 try:
-                    message.vars = map_fields(raw.row, fields)
+                    message.vars = variables = map_fields(raw.row, fields)
+                    for name, used_by in required:
+                        if variables.get(name) is None:
+                            raise RowError(name, _null_message(name, used_by, fields, variables))
                 except RowError as exc:
                     yield message.fail(
-                        "input", f"row {raw.index}: {exc.message}", index=raw.index, field=exc.field
+                        "input",
+                        f"{unit} {raw.line}: {exc.message}",
+                        line=raw.line,
+                        field=exc.field,
                     )
                     continue
                 if template is not None:
                     try:
-                        text = template.render(**message.vars, vars=message.vars, row=raw.row)
+                        text = render(template, {**variables, "vars": variables, "row": raw.row})
                     except Exception as exc:
                         yield message.fail(
-                            "input", f"row {raw.index}: task.message: {exc}", index=raw.index
+                            "input", f"{unit} {raw.line}: task.message: {exc}", line=raw.line
                         )
                         continue
                     message.history.append(Step(role=TASK_ROLE, content=text, started=time.time()))

@@ -12,6 +12,11 @@ from tqdm import tqdm
 from peerflow.stats import RunStats
 
 
+def console(text: str) -> None:
+    """A line for the user on stderr that does not tear the progress bar."""
+    tqdm.write(f"peerflow: {text}", file=sys.stderr)
+
+
 async def show_progress(stats: RunStats, in_flight: Callable[[], int], *, total: int | None,
                         label: str, interval: float = 0.5) -> None:
     """Runs until cancelled; the caller cancels it when the run ends."""

@@ -1,4 +1,11 @@
-"""One run from a validated config: pipeline, sink, runtime, progress, summary."""
+"""One run from a validated config: pipeline, sink, runtime, progress, summaries, exit status.
+
+However a run ends (all rows done, a service that stopped answering, Ctrl-C, a
+runtime fault), this module closes the sink, writes the run's own summary, updates
+the combined summary of the output, and says how it ended in `summary["outcome"]`
+and `summary["exit_code"]` (see `EXIT_CODES`). A run that stopped early left the
+unattempted rows unrecorded: re-running the same command resumes with them.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +13,36 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
+import time
 from pathlib import Path
 from typing import Any
 
 from peerflow.config import RunConfig
 from peerflow.pipeline import Pipeline
-from peerflow.progress import show_progress
+from peerflow.progress import console, show_progress
 from peerflow.runtimes import get_runtime
+from peerflow.runtimes.admission import RunStopped
+from peerflow.services.base import ServiceUnavailable
+from peerflow.services.watch import ServiceWatch
 from peerflow.sink import Sink
 from peerflow.stats import RunStats
+
+# The process exit status of `peerflow run`, documented in the README.
+EXIT_OK = 0  # every row of the dataset has an ok record
+EXIT_FAILED_ROWS = 1  # the run completed, but some rows ended as errors
+EXIT_CONFIG = 2  # nothing ran: a configuration or usage error (bad key, busy output, ...)
+EXIT_STOPPED = 3  # stopped early: no service answered, fail-fast, or an outage outlasted its limit
+EXIT_INTERNAL = 4  # a runtime fault (a full disk, a bug); rows in flight were abandoned
+EXIT_INTERRUPTED = 130  # Ctrl-C / SIGTERM; rows in flight were abandoned
+EXIT_CODES = {
+    EXIT_OK: "every row ended ok",
+    EXIT_FAILED_ROWS: "completed; some rows ended as errors",
+    EXIT_CONFIG: "configuration or usage error; nothing ran",
+    EXIT_STOPPED: "stopped early; re-run the same command to resume",
+    EXIT_INTERNAL: "runtime fault; re-run the same command to resume",
+    EXIT_INTERRUPTED: "interrupted; re-run the same command to resume",
+}
 
 SIMULATOR_NOTE = (
     "SIMULATED LLM (peerflow sim-llm): replies are filler text from a timing "
@@ -23,10 +51,17 @@ SIMULATOR_NOTE = (
 
 
 def summary_path(config: RunConfig) -> Path:
+    """The combined summary of the output (every run that wrote to it)."""
     if config.output.summary:
         return config.resolve(config.output.summary)
     out = config.resolve(config.output.path)
     return out.with_name(out.name + ".summary.json")
+
+
+def runs_dir(config: RunConfig) -> Path:
+    """Where each run's own summary is kept, one file per run."""
+    out = config.resolve(config.output.path)
+    return out.with_name(out.name + ".runs")
 
 
 def service_labels(config: RunConfig) -> dict[str, str]:
@@ -42,18 +77,40 @@ def service_labels(config: RunConfig) -> dict[str, str]:
 
 
 async def run_async(
-    config: RunConfig, *, pipeline: Pipeline | None = None, progress: bool | None = None
+    config: RunConfig,
+    *,
+    pipeline: Pipeline | None = None,
+    progress: bool | None = None,
+    retry_failed: bool = False,
+    force: bool = False,
 ) -> dict[str, Any]:
+    """Run to the end (or until stopped) and return this run's summary.
+
+    A runtime fault is re-raised after the summaries are written; every other ending
+    is described by `summary["outcome"]` and `summary["exit_code"]`.
+    """
+    from peerflow import __version__
+    from peerflow.config import config_fingerprint
+    from peerflow.sink import check_fingerprint
+
     pipeline = pipeline or Pipeline(config)
+    out = config.resolve(config.output.path)
+    fingerprint = config_fingerprint(config)
     sink = Sink(
-        config.resolve(config.output.path),
+        out,
         success_only=config.output.success_only,
         flush_bytes=config.output.flush_bytes,
+        retry_failed=retry_failed,
     )
-    sink.open()
-    already = len(sink.finished)
+    sink.open()  # takes the output's lock first: a second run on it stops here
+    try:
+        check_fingerprint(out, fingerprint, __version__, force=force)
+    except BaseException:
+        sink.close()
+        raise
+    pipeline.provenance = sink.provenance = {"peerflow": __version__, "fingerprint": fingerprint}
     stats = RunStats()
-    stats.finished_before = already
+    stats.finished_before = len(sink.finished)
     runtime = get_runtime(config.runtime)
     show = config.runtime.progress if progress is None else progress
     bar = None
@@ -63,31 +120,154 @@ async def run_async(
             show_progress(
                 stats,
                 lambda: runtime.in_flight,
-                total=None if total is None else max(total - already, 0),
+                total=None if total is None else max(total - stats.finished_before, 0),
                 label=config.name,
             )
         )
+    outcome, reason, code = "complete", None, None
+    fault: BaseException | None = None
+    watch = ServiceWatch.from_config(config.runtime, on_event=console)
+    work = asyncio.create_task(runtime.run(pipeline, sink, stats, watch))
+    interrupted = _on_signals(work)
     try:
-        await runtime.run(pipeline, sink, stats)
+        await work
+    except RunStopped as exc:
+        outcome, reason, code = "stopped", str(exc), exc.code
+    except ServiceUnavailable as exc:
+        outcome, reason, code = "stopped", f"no row was admitted: {exc}", EXIT_STOPPED
+    except asyncio.CancelledError:
+        if not interrupted:
+            raise
+        outcome, reason, code = "interrupted", "interrupted by a signal", EXIT_INTERRUPTED
+    except Exception as exc:
+        outcome, reason, code = "failed", f"{type(exc).__name__}: {exc}", EXIT_INTERNAL
+        fault = exc
     finally:
+        _restore_signals()
         if bar is not None:
             bar.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await bar
         sink.close()
+    counts = sink.counts()
+    failed_rows = sum(n for status, n in counts.items() if status != "ok")
+    if code is None:
+        code = EXIT_FAILED_ROWS if failed_rows else EXIT_OK
     summary = stats.summary(
         name=config.name,
+        started=stats.started,
         runtime=runtime.name,
         output=str(sink.path),
         services=service_labels(config),
-        total_records_in_output=stats.finished_before + stats.done,
+        total_records_in_output=sum(counts.values()),
+        output_by_status=counts,
         cut_torn_bytes=sink.cut_bytes,
+        peerflow=__version__,
+        fingerprint=fingerprint,
+        duplicate_input_ids=getattr(pipeline, "duplicate_ids", 0),
+        outcome=outcome,
+        reason=reason,
+        exit_code=code,
+        exit_meaning=EXIT_CODES[code],
+        service_watch=watch.report(),
     )
-    path = summary_path(config)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(summary, indent=2))
-    os.replace(tmp, path)
+    write_summaries(config, summary)
+    if fault is not None:
+        raise fault
     return summary
+
+
+def write_summaries(config: RunConfig, summary: dict[str, Any]) -> None:
+    """This run's summary in `<output>.runs/`, and the output's combined view beside it.
+
+    An empty re-run or a resumed one never overwrites an earlier run's numbers: each
+    run has its own file. The combined file holds the newest run's summary at the top
+    (so scripts reading it keep working), `runs` (every run, briefly) and `combined`
+    (the output as it now stands, and totals over all runs).
+    """
+    folder = runs_dir(config)
+    folder.mkdir(parents=True, exist_ok=True)
+    started = summary["started"]
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(started))
+    micros = int((started % 1) * 1e6)
+    own = folder / f"{stamp}.{micros:06d}Z-{os.getpid()}.json"
+    _write_json(own, summary)
+    combined_path = summary_path(config)
+    previous: dict[str, Any] = {}
+    with contextlib.suppress(OSError, ValueError):
+        previous = json.loads(combined_path.read_text())
+    runs = [r for r in previous.get("runs", []) if isinstance(r, dict)]
+    runs.append(
+        {
+            "summary": os.path.relpath(own, combined_path.parent),
+            "started": started,
+            "outcome": summary["outcome"],
+            "records_written": summary["records_written"],
+            "by_status": summary["by_status"],
+            "wall_seconds": summary["wall_seconds"],
+            "tokens": summary["tokens"],
+            "exit_code": summary["exit_code"],
+        }
+    )
+    combined = {
+        "records": summary["total_records_in_output"],
+        "by_status": summary["output_by_status"],
+        "runs": len(runs),
+        "records_written": sum(r["records_written"] for r in runs),
+        "wall_seconds": round(sum(r["wall_seconds"] for r in runs), 3),
+        "tokens": {
+            kind: sum(r.get("tokens", {}).get(kind, 0) for r in runs)
+            for kind in ("prompt", "completion")
+        },
+    }
+    _write_json(combined_path, {**summary, "combined": combined, "runs": runs})
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
+
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class _Interrupted:
+    """Truthy once a signal asked the run to stop."""
+
+    def __init__(self) -> None:
+        self.hit = False
+
+    def __bool__(self) -> bool:
+        return self.hit
+
+
+def _on_signals(work: asyncio.Task[Any]) -> _Interrupted:
+    """The first Ctrl-C cancels the run cleanly (summary written); a second one is immediate."""
+    flag = _Interrupted()
+    loop = asyncio.get_running_loop()
+
+    def handle(sig: signal.Signals) -> None:
+        if flag.hit:
+            raise KeyboardInterrupt
+        flag.hit = True
+        console(
+            f"{sig.name}: stopping; in-flight rows are abandoned (press Ctrl-C again to quit now)"
+        )
+        work.cancel()
+
+    for sig in _SIGNALS:
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, handle, sig)
+    return flag
+
+
+def _restore_signals() -> None:
+    with contextlib.suppress(RuntimeError):
+        loop = asyncio.get_running_loop()
+        for sig in _SIGNALS:
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.remove_signal_handler(sig)
 
 
 def _known_total(pipeline: Pipeline) -> int | None:

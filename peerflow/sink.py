@@ -5,28 +5,59 @@ Why it is safe to SIGKILL a run at any moment:
   line boundary (for `.zst`, one complete zstd frame per chunk), so the file
   only ever ends mid-record if the process died inside a write;
 - on open, a torn tail (a last line without newline, or a truncated frame)
-  is cut off, and the ids of the complete records are the finished set;
-- admission skips finished ids, so re-running the same command does only
-  the rest, with no new LLM calls for finished rows;
-- a record whose id is already finished is dropped, which turns at-least-once
-  delivery (a retried hop on Ray) into exactly one record per id.
+  is cut off, and the newest record of every id says whether it is done: an
+  ok record or a permanent failure is (admission skips it), a transient
+  failure is not (the row is attempted again, and its new record supersedes
+  the old one; see `peerflow.merge` for how the old one goes away);
+- a record whose id already has one from this run is dropped, which turns
+  at-least-once delivery (a retried hop on Ray) into exactly one record per id.
 
 With `success_only`, failed tasks go to `<name>.errors.jsonl[.zst]` beside the
 output instead, so every row still has exactly one record somewhere.
+
+One run at a time: `open` takes an exclusive lock on `<output>.lock`, and a
+second run on the same output stops with `OutputBusy` instead of interleaving.
+`check_fingerprint` keeps `<output>.meta.json`, so that a resume with a config
+that shapes the data differently is refused unless forced.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import json
 import os
-from collections.abc import Callable
+import time
+from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import zstandard
 
+from peerflow.idset import IdSet, id_hash
+from peerflow.merge import (
+    Recovered,
+    compact,
+    drop_superseded,
+    errors_path,
+    scan_records,
+    with_errors,
+)
 from peerflow.message import SCHEMA_VERSION, Message, Step
+
+__all__ = [
+    "FingerprintMismatch",
+    "OutputBusy",
+    "OutputLock",
+    "OutputRecord",
+    "Sink",
+    "check_fingerprint",
+    "errors_path",
+    "scan_records",
+    "to_record",
+]
 
 
 class OutputRecord(msgspec.Struct, omit_defaults=True):
@@ -35,24 +66,27 @@ class OutputRecord(msgspec.Struct, omit_defaults=True):
     row: Any = None
     history: list[Step] = msgspec.field(default_factory=list)
     error: dict[str, Any] | None = None
+    reason: str | None = None
     trial: int = 0
     seed: int = 0
     created: float = 0.0
     finished: float = 0.0
     tokens: dict[str, int] | None = None
     metrics: dict[str, Any] | None = None
+    peerflow: str | None = None  # version that wrote the record
+    fingerprint: str | None = None  # of the config that shaped it
     v: int = SCHEMA_VERSION
 
 
-class _IdOnly(msgspec.Struct):
-    id: str
-
-
-_id_decoder = msgspec.json.Decoder(_IdOnly)
 _encoder = msgspec.json.Encoder()
+_records = msgspec.json.Decoder(OutputRecord)
 
 
-def to_record(message: Message, metrics: dict[str, Any] | None = None) -> OutputRecord:
+def to_record(
+    message: Message,
+    metrics: dict[str, Any] | None = None,
+    provenance: dict[str, Any] | None = None,
+) -> OutputRecord:
     prompt, completion = message.tokens()
     return OutputRecord(
         id=message.id,
@@ -60,21 +94,175 @@ def to_record(message: Message, metrics: dict[str, Any] | None = None) -> Output
         row=message.row,
         history=message.history,
         error=message.error,
+        reason=message.reason,
         trial=message.trial,
         seed=message.seed,
         created=message.created,
         finished=message.finished,
         tokens={"prompt": prompt, "completion": completion} if prompt or completion else None,
         metrics=metrics,
+        peerflow=provenance.get("peerflow") if provenance else None,
+        fingerprint=provenance.get("fingerprint") if provenance else None,
     )
 
 
-def errors_path(path: Path) -> Path:
-    name = path.name
-    for suffix in (".jsonl.zst", ".jsonl"):
-        if name.endswith(suffix):
-            return path.with_name(name[: -len(suffix)] + ".errors" + suffix)
-    return path.with_name(name + ".errors")
+def record_message(record: OutputRecord) -> Message:
+    """A finished message rebuilt from its record, to count it again (a restarted Ray sink)."""
+    row = record.row if isinstance(record.row, dict) else {"raw": record.row}
+    return Message(
+        id=record.id,
+        row=row,
+        history=record.history,
+        status=record.status,
+        error=record.error,
+        reason=record.reason,
+        trial=record.trial,
+        seed=record.seed,
+        created=record.created,
+        finished=record.finished,
+        hops=sum(1 for step in record.history if step.role != "task"),
+    )
+
+
+def records_since(paths: list[Path], since: float) -> Iterator[OutputRecord]:
+    """The records in `paths` finished at or after `since` (decoded in full)."""
+    from peerflow.merge import _heads_of
+
+    for path in paths:
+        if not path.exists():
+            continue
+        for line, head in _heads_of(path):
+            if head is not None and head.finished >= since:
+                with contextlib.suppress(msgspec.DecodeError):
+                    yield _records.decode(line)
+
+
+# --- one run per output ------------------------------------------------------------------
+
+
+class OutputBusy(Exception):
+    """Another process holds the output's lock (another run, or a merge)."""
+
+
+def lock_path(output: Path) -> Path:
+    return output.with_name(output.name + ".lock")
+
+
+class OutputLock:
+    """An exclusive, non-blocking `flock` on `<output>.lock`, holding the owner's pid.
+
+    The kernel releases it when the process dies, so a SIGKILLed run never leaves a stale
+    lock behind. `wait` retries for that many seconds first (a restarting process whose
+    predecessor is still exiting). Usable as a context manager.
+    """
+
+    def __init__(self, output: Path, *, wait: float = 0.0):
+        self.output = Path(output)
+        self.path = lock_path(self.output)
+        self.wait = wait
+        self.fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self.fd is not None
+
+    def acquire(self) -> None:
+        if self.fd is not None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        deadline = time.monotonic() + self.wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() < deadline:
+                    time.sleep(0.1)
+                    continue
+                pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                raise OutputBusy(
+                    f"output {self.output} is in use by another peerflow run (pid {pid}); "
+                    "wait for it to finish or choose another output.path"
+                ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        fd, self.fd = self.fd, None
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+    def __enter__(self) -> OutputLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        self.release()
+
+
+# --- provenance --------------------------------------------------------------------------
+
+
+class FingerprintMismatch(Exception):
+    """The output holds records made with a config that shapes the data differently."""
+
+
+def meta_path(output: Path) -> Path:
+    return output.with_name(output.name + ".meta.json")
+
+
+def _has_records(output: Path) -> bool:
+    from peerflow.merge import read_manifest
+
+    mains = [output, *read_manifest(output)]
+    return any(p.exists() and p.stat().st_size > 0 for p in with_errors(mains))
+
+
+def check_fingerprint(output: Path, fingerprint: str, version: str, *, force: bool) -> None:
+    """Refuse to add records made with another config fingerprint to an output.
+
+    `<output>.meta.json` records the fingerprint the output's records were made with. A
+    new or empty output takes the given one; an output with records made with another
+    one raises `FingerprintMismatch`, unless `force`, which records the new fingerprint
+    (the old ones stay listed under "previous"). An output from before fingerprints were
+    kept takes the given one.
+    """
+    output = Path(output)
+    path = meta_path(output)
+    meta: dict[str, Any] | None = None
+    with contextlib.suppress(OSError, ValueError):
+        loaded = json.loads(path.read_text())
+        meta = loaded if isinstance(loaded, dict) else None
+    old = meta.get("fingerprint") if meta else None
+    if old == fingerprint:
+        return
+    has = _has_records(output)
+    if old and has and not force:
+        raise FingerprintMismatch(
+            f"output {output} was made with config fingerprint {str(old)[:12]}, and this "
+            f"config's fingerprint is {fingerprint[:12]} (prompts, sampling, models, "
+            "workflow or dataset differ); re-run with --force to mix, or choose another "
+            "output.path"
+        )
+    now = time.time()
+    data: dict[str, Any] = {"peerflow": version, "fingerprint": fingerprint, "created": now}
+    if old and has:  # forced: the output now mixes both
+        data["created"] = meta.get("created", now) if meta else now
+        data["previous"] = [*(meta.get("previous", []) if meta else []), old]
+        data["updated"] = now
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+# --- writing -----------------------------------------------------------------------------
 
 
 class _File:
@@ -86,26 +274,6 @@ class _File:
         self.fd: int | None = None
         self.buf: list[bytes] = []
         self.size = 0
-
-    def recover(self, ids: set[str]) -> int:
-        """Cut a torn tail, collect the finished ids; returns how many bytes were cut.
-
-        Streams the file, so resuming a run with a very large output stays small in memory.
-        """
-        if not self.path.exists():
-            return 0
-
-        def collect(line: bytes) -> None:
-            # A line that is not one of our records is kept, but finishes nothing.
-            with contextlib.suppress(msgspec.DecodeError):
-                ids.add(_id_decoder.decode(line).id)
-
-        good = scan_records(self.path, collect)
-        cut = self.path.stat().st_size - good
-        if cut:
-            with open(self.path, "r+b") as f:
-                f.truncate(good)
-        return cut
 
     def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -137,80 +305,142 @@ class _File:
             self.fd = None
 
 
-def scan_records(path: Path, on_line: Callable[[bytes], None], chunk: int = 1 << 20) -> int:
-    """Call `on_line` for every complete record line; return the length of the intact prefix.
-
-    A record is complete when its line ends in a newline (JSONL) or its zstd frame is whole
-    (`.zst`, one frame per flush): whatever follows is a tail torn by a crash.
-    """
-    if not path.name.endswith(".zst"):
-        good = 0
-        with open(path, "rb") as f:
-            for line in f:
-                if not line.endswith(b"\n"):
-                    break
-                good += len(line)
-                if line.strip():
-                    on_line(line)
-        return good
-    dctx = zstandard.ZstdDecompressor()
-    good = offset = 0
-    frame = dctx.decompressobj()
-    text = b""
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            data = block
-            while data:
-                try:
-                    text += frame.decompress(data)
-                except zstandard.ZstdError:
-                    return good
-                if not frame.eof:
-                    offset += len(data)
-                    break
-                offset += len(data) - len(frame.unused_data)
-                good = offset
-                for line in text.splitlines():
-                    if line.strip():
-                        on_line(line)
-                text = b""
-                data = frame.unused_data
-                frame = dctx.decompressobj()
-    return good
-
-
 class Sink:
-    """Writes finished tasks; knows which ids are done."""
+    """Writes finished tasks; knows which ids are done and which are to be re-attempted.
 
-    def __init__(self, path: Path, *, success_only: bool = False, flush_bytes: int = 1 << 20):
-        self.path = path
+    After `open`:
+    - `done` (alias `finished`, what admission skips): ids whose newest record is ok or
+      a permanent failure (with `retry_failed`, only ok ones);
+    - `retry`: ids whose newest record is a failure to re-attempt; a record for one is
+      accepted, and the old record is removed when the sink closes;
+    - `written_ids`: ids written by this run, whose second record is dropped. With
+      `since` (a restarted Ray sink), records finished at or after it count as written
+      by this run too.
+    `counts()` gives the records per status of the whole output (one per id).
+
+    `lock=False` is for a sink whose file is already locked by its run (the single
+    shard of a Ray run, which is `output.path`); `compact_on_close=False` for one whose
+    run compacts all shards together at the end; `track_done=False` for one whose run
+    decides alone what is done (a Ray shard: the driver reads every shard), which saves
+    the done set's 8 bytes per row.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        success_only: bool = False,
+        flush_bytes: int = 1 << 20,
+        retry_failed: bool = False,
+        lock: bool = True,
+        lock_wait: float = 0.0,
+        since: float | None = None,
+        compact_on_close: bool = True,
+        track_done: bool = True,
+    ):
+        self.path = Path(path)
         self.success_only = success_only
         self.flush_bytes = flush_bytes
-        self.main = _File(path)
-        self.errors = _File(errors_path(path)) if success_only else self.main
-        self.finished: set[str] = set()
+        self.retry_failed = retry_failed
+        self.since = since
+        self.compact_on_close = compact_on_close
+        self.track_done = track_done
+        self.main = _File(self.path)
+        self.errors = _File(errors_path(self.path)) if success_only else self.main
+        self.done = IdSet()
+        self.retry = IdSet()
+        self.written_ids = IdSet()
+        self.superseding = IdSet()  # re-attempted ids written by this run
+        self.by_status: Counter[str] = Counter()
+        self.provenance: dict[str, Any] | None = None
+        self.recovered: Recovered | None = None
         self.written = 0
         self.duplicates = 0
         self.cut_bytes = 0
+        self.superseded = 0  # older records removed (on open, and on close)
+        self.records_before = 0  # ids with a record when the sink opened
+        self.to_retry = 0  # of them, ids to re-attempt
+        self.opened_at = 0.0
+        self._lock = OutputLock(self.path, wait=lock_wait) if lock else None
+        self._failed_in: list[Path] = []
+        self._closed = False
+
+    @property
+    def finished(self) -> IdSet:
+        """The ids admission skips (kept under this name for the runtimes)."""
+        return self.done
+
+    @property
+    def holds_lock(self) -> bool:
+        return self._lock is not None and self._lock.held
+
+    @property
+    def paths(self) -> list[Path]:
+        """Every file of this output the sink reads: the output and its errors file."""
+        return with_errors([self.path])
 
     def open(self) -> None:
-        files = {id(f): f for f in (self.main, self.errors)}.values()
-        for f in files:
-            self.cut_bytes += f.recover(self.finished)
-            f.open()
+        self.opened_at = time.time()
+        if self._lock is not None:
+            self._lock.acquire()
+        try:
+            self._recover(compact(self.paths, since=self.since))
+            self.main.open()
+            if self.errors is not self.main:
+                self.errors.open()
+        except BaseException:
+            if self._lock is not None:
+                self._lock.release()
+            raise
+
+    def _recover(self, rec: Recovered) -> None:
+        self.recovered = rec
+        if self.track_done:
+            # The largest array first: it becomes the set's level as it is, without a copy.
+            self.done.update_hashes(rec.ok, sorted_unique=True)
+        if self.retry_failed:
+            self.retry.update_hashes(rec.permanent, sorted_unique=True)
+        elif self.track_done:
+            self.done.update_hashes(rec.permanent, sorted_unique=True)
+        self.retry.update_hashes(rec.transient, sorted_unique=True)
+        self.written_ids.update_hashes(rec.recent, sorted_unique=True)
+        self.by_status = Counter(rec.by_status())
+        self.records_before = rec.ids
+        self.to_retry = len(self.retry)
+        self.superseded += rec.superseded
+        self.cut_bytes += rec.cut_bytes
+        self._failed_in = rec.failed_in
+
+    def seen(self, task_id: str) -> bool:
+        """True if a record for `task_id` would be dropped (done, or written by this run)."""
+        h = id_hash(task_id)
+        return self.written_ids.contains_hash(h) or self.done.contains_hash(h)
 
     def write(self, message: Message, metrics: dict[str, Any] | None = None) -> bool:
-        """Append one record; False (and nothing written) if this id already has one."""
-        if message.id in self.finished:
+        """Append one record; False (and nothing written) if this id needs none."""
+        h = id_hash(message.id)
+        done = self.done
+        if (len(done) and done.contains_hash(h)) or not self.written_ids.add_hash(h):
             self.duplicates += 1
             return False
-        self.finished.add(message.id)
+        if len(self.retry) and self.retry.contains_hash(h):
+            self.superseding.add_hash(h)
+            if self.by_status["error"] > 0:
+                self.by_status["error"] -= 1  # the old failure goes when the sink closes
+        # A record this sink writes is newer than every record it found.
+        if message.finished < self.opened_at:
+            message.finished = time.time()
+        self.by_status[message.status] += 1
         target = self.main if message.status == "ok" or not self.success_only else self.errors
-        target.add(_encoder.encode(to_record(message, metrics)) + b"\n")
+        target.add(_encoder.encode(to_record(message, metrics, self.provenance)) + b"\n")
         self.written += 1
         if target.size >= self.flush_bytes:
             target.flush()
         return True
+
+    def counts(self) -> dict[str, int]:
+        """Records per status in the whole output, one per id (after `close`, on disk)."""
+        return {status: n for status, n in self.by_status.items() if n > 0}
 
     def flush(self) -> None:
         self.main.flush()
@@ -218,6 +448,17 @@ class Sink:
             self.errors.flush()
 
     def close(self) -> None:
-        self.main.close()
-        if self.errors is not self.main:
-            self.errors.close()
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.main.close()
+            if self.errors is not self.main:
+                self.errors.close()
+            if self.compact_on_close and len(self.superseding):
+                self.superseded += drop_superseded(
+                    self._failed_in, self.superseding, self.opened_at
+                )
+        finally:
+            if self._lock is not None:
+                self._lock.release()

@@ -7,60 +7,114 @@ processes (Ray actors, partitions) can be merged by adding buckets.
 
 from __future__ import annotations
 
-import math
 import time
 from collections import defaultdict
 from typing import Any
+
+import numpy as np
 
 from peerflow.message import OK, Message
 
 _BUCKETS_PER_DOUBLING = 8
 _MIN_LATENCY = 1e-6
+_FOLD_AT = 4096
 
 
 class Histogram:
-    __slots__ = ("buckets", "count", "max", "total")
+    """Log-spaced buckets (8 per doubling); values are bucketed in bulk with numpy.
+
+    `add` only appends to a short list, because it runs for every step of every task;
+    every 4,096 values (and before any read) the list is folded into the buckets.
+    """
+
+    __slots__ = ("_buckets", "_count", "_max", "_total", "pending")
 
     def __init__(self) -> None:
-        self.buckets: dict[int, int] = defaultdict(int)
-        self.count = 0
-        self.total = 0.0
-        self.max = 0.0
+        self._buckets: dict[int, int] = defaultdict(int)
+        self._count = 0
+        self._total = 0.0
+        self._max = 0.0
+        self.pending: list[float] = []
 
     def add(self, value: float) -> None:
-        self.count += 1
-        self.total += value
-        if value > self.max:
-            self.max = value
-        b = int(math.log2(max(value, _MIN_LATENCY)) * _BUCKETS_PER_DOUBLING)
-        self.buckets[b] += 1
+        pending = self.pending
+        pending.append(value)
+        if len(pending) >= _FOLD_AT:
+            self.fold()
+
+    def fold(self) -> None:
+        pending = self.pending
+        if not pending:
+            return
+        values = np.asarray(pending, dtype=np.float64)
+        self.pending = []
+        self._count += values.size
+        self._total += float(values.sum())
+        self._max = max(self._max, float(values.max()))
+        keys = np.floor(np.log2(np.maximum(values, _MIN_LATENCY)) * _BUCKETS_PER_DOUBLING)
+        found, counts = np.unique(keys.astype(np.int64), return_counts=True)
+        buckets = self._buckets
+        for b, n in zip(found.tolist(), counts.tolist(), strict=True):
+            buckets[b] += n
+
+    @property
+    def buckets(self) -> dict[int, int]:
+        self.fold()
+        return self._buckets
+
+    @property
+    def count(self) -> int:
+        return self._count + len(self.pending)
+
+    @property
+    def total(self) -> float:
+        self.fold()
+        return self._total
+
+    @property
+    def max(self) -> float:
+        self.fold()
+        return self._max
 
     def merge(self, other: Histogram) -> None:
-        for b, n in other.buckets.items():
-            self.buckets[b] += n
-        self.count += other.count
-        self.total += other.total
-        self.max = max(self.max, other.max)
+        self.fold()
+        other.fold()
+        for b, n in other._buckets.items():
+            self._buckets[b] += n
+        self._count += other._count
+        self._total += other._total
+        self._max = max(self._max, other._max)
 
     def quantile(self, q: float) -> float:
-        if not self.count:
+        self.fold()
+        if not self._count:
             return 0.0
-        rank = q * self.count
+        rank = q * self._count
         seen = 0
-        for b in sorted(self.buckets):
-            seen += self.buckets[b]
+        for b in sorted(self._buckets):
+            seen += self._buckets[b]
             if seen >= rank:
                 return 2 ** ((b + 0.5) / _BUCKETS_PER_DOUBLING)
-        return self.max
+        return self._max
 
     def summary(self) -> dict[str, float]:
+        self.fold()
         return {
-            "mean": self.total / self.count if self.count else 0.0,
+            "mean": self._total / self._count if self._count else 0.0,
             "p50": self.quantile(0.5),
             "p95": self.quantile(0.95),
             "p99": self.quantile(0.99),
-            "max": self.max,
+            "max": self._max,
         }
+
+    def __getstate__(self) -> tuple[dict[int, int], int, float, float]:
+        self.fold()
+        return dict(self._buckets), self._count, self._total, self._max
+
+    def __setstate__(self, state: tuple[dict[int, int], int, float, float]) -> None:
+        buckets, self._count, self._total, self._max = state
+        self._buckets = defaultdict(int, buckets)
+        self.pending = []
 
 
 class RoleStats:
@@ -100,14 +154,16 @@ class RunStats:
         if message.finished and message.created:
             self.task_latency.add(message.finished - message.created)
         roles = self.roles
+        prompt = completion = 0
         for step in message.history:
-            if step.role == "task":  # the task's opening message, not an agent step
+            role = step.role
+            if role == "task":  # the task's opening message, not an agent step
                 continue
-            rs = roles.get(step.role)
+            rs = roles.get(role)
             if rs is None:
-                rs = roles[step.role] = RoleStats()
+                rs = roles[role] = RoleStats()
             if step.latency:
-                rs.latency.add(step.latency)
+                rs.latency.pending.append(step.latency)
             if not step.ok:
                 rs.errors += 1
             if step.attempts > 1:
@@ -118,8 +174,13 @@ class RunStats:
                 c = usage.get("completion_tokens", 0)
                 rs.prompt_tokens += p
                 rs.completion_tokens += c
-                self.prompt_tokens += p
-                self.completion_tokens += c
+                prompt += p
+                completion += c
+        for rs in roles.values():
+            if len(rs.latency.pending) >= _FOLD_AT:
+                rs.latency.fold()
+        self.prompt_tokens += prompt
+        self.completion_tokens += completion
         self.steps += message.hops
         if metrics:
             for key, value in metrics.items():

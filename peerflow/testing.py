@@ -18,6 +18,9 @@ from peerflow.workflow import Workflow
 
 class EchoOptions(AgentOptions):
     delay: float = 0.0
+    # append "+\n" when a step starts and "-\n" when it ends (atomic O_APPEND writes, so
+    # it works across processes): the file's running sum is the number of concurrent steps
+    concurrency_log: str | None = None
     fail_when: dict[str, Any] | None = None  # row field -> value that makes this step raise
     calls_log: str | None = None  # append "<role> <id>\n" per call (works across processes)
 
@@ -33,8 +36,12 @@ class Echo(Agent):
         if o.calls_log:
             with open(o.calls_log, "a") as f:
                 f.write(f"{self.role} {message.id}\n")
+        if o.concurrency_log:
+            _append(o.concurrency_log, b"+\n")
         if o.delay:
             await asyncio.sleep(o.delay)
+        if o.concurrency_log:
+            _append(o.concurrency_log, b"-\n")
         if o.fail_when and all(message.row.get(k) == v for k, v in o.fail_when.items()):
             raise RuntimeError(f"{self.role} refuses row {message.id}")
         n = sum(1 for s in message.history if s.role == self.role)
@@ -65,6 +72,24 @@ class Adder(Agent):
         call = message.history[-1].tool_calls[0]
         args = json.loads(call["function"]["arguments"])
         return Step(role=self.role, content=str(args["a"] + args["b"]), tool_call_id=call["id"])
+
+
+def _append(path: str, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+def max_concurrency(path: str) -> int:
+    """The most steps that were running at once, from a `concurrency_log` file."""
+    level = peak = 0
+    with open(path, "rb") as f:
+        for line in f:
+            level += 1 if line.startswith(b"+") else -1
+            peak = max(peak, level)
+    return peak
 
 
 def stop_after_two(message: Message) -> bool:
@@ -101,6 +126,21 @@ class PingPong(Workflow):
             return "b"
         done = sum(1 for s in message.history if s.role == "b")
         return None if done >= self.rounds else "a"
+
+
+class Misroute(Workflow):
+    """A buggy user workflow: after `a`, rows with an odd `n` go to a role nobody defined."""
+
+    def roles(self) -> set[str]:
+        return {"a", "b"}
+
+    def first(self, message: Message) -> str | None:
+        return "a"
+
+    def after(self, message: Message) -> str | None:
+        if message.history[-1].role != "a":
+            return None
+        return "ghost" if int(message.row.get("n", 0)) % 2 else "b"
 
 
 def descendant_pids(pid: int) -> set[int]:

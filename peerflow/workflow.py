@@ -7,7 +7,8 @@ calls `advance`, which handles what all workflows share (failed steps, step
 caps, tool-call detours, `data["stop"]`) and defers the rest to `after`.
 
 Writing a new workflow means subclassing `Workflow` and implementing
-`first` and `after`; name the class in YAML as `workflow: {kind: custom,
+`first`, `after` and `roles` (every role it may route to: `peerflow check`
+refuses a custom workflow that declares none); name the class in YAML as `workflow: {kind: custom,
 path: "pkg.module:MyWorkflow", options: {...}}`.
 """
 
@@ -40,7 +41,11 @@ class Workflow:
         raise NotImplementedError
 
     def roles(self) -> set[str]:
-        """Every role this workflow may route to (checked against the config up front)."""
+        """Every role this workflow may route to (checked against the config up front).
+
+        A custom workflow must implement it: one that returns no roles is refused
+        before the run, since a route to a role nobody defined would only fail tasks.
+        """
         return set()
 
     # --- shared ---------------------------------------------------------
@@ -49,13 +54,21 @@ class Workflow:
         message.next_role = nxt
         if nxt is None and message.status == RUNNING:
             message.status = OK
+            message.reason = "done"
         return nxt
 
     def advance(self, message: Message) -> str | None:
         message.hops += 1
         last = message.history[-1]
         if not last.ok:
-            message.fail("agent", last.error or "step failed", role=last.role)
+            message.fail(
+                "agent",
+                last.error or "step failed",
+                transient=last.transient,
+                status=last.http_status,
+                attempts=last.attempts,
+                role=last.role,
+            )
             return None
         tool_role = self.tool_role
         if tool_role is not None and last.tool_calls and last.role != tool_role:
@@ -65,6 +78,7 @@ class Workflow:
             nxt = message.route["return"].pop()
         elif last.data and last.data.get("stop"):
             nxt = None
+            message.reason = "stop"
         else:
             try:
                 nxt = self.after(message)
@@ -73,10 +87,13 @@ class Workflow:
                 return None
         if nxt is not None and message.hops >= self.max_steps:
             message.fail("workflow", f"max_steps ({self.max_steps}) reached", role=last.role)
+            message.reason = "max_steps"
             return None
         message.next_role = nxt
         if nxt is None and message.status == RUNNING:
             message.status = OK
+            if message.reason is None:
+                message.reason = "done"
         return nxt
 
 
@@ -142,8 +159,10 @@ class Loop(Workflow):
         if turn_ended:
             route["turns"] += 1
             if self.until is not None and self.until(message):
+                message.reason = "until"
                 return None
             if route["turns"] >= self.max_turns:
+                message.reason = "max_turns"
                 return None
         if pos == n:
             pos = 0

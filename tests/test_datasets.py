@@ -26,17 +26,18 @@ def write_jsonl(path: Path, rows: list[Any]) -> Path:
 
 # --- JSON lines --------------------------------------------------------------
 
+
 def test_jsonl_bad_lines_become_located_errors_and_the_rest_still_comes(tmp_path: Path) -> None:
     path = tmp_path / "data.jsonl"
     path.write_text(
-        '{"q": "one"}\n'       # line 1
-        "\n"                    # line 2: blank, not a row
-        '{"q": "two"\n'         # line 3: malformed
-        "[1, 2]\n"              # line 4: not an object
-        "   \n"                 # line 5: blank
-        '{"q": "three"}\n'      # line 6
-        '"text"\n'              # line 7: not an object
-        '{"q": "four"}'         # line 8: no trailing newline
+        '{"q": "one"}\n'  # line 1
+        "\n"  # line 2: blank, not a row
+        '{"q": "two"\n'  # line 3: malformed
+        "[1, 2]\n"  # line 4: not an object
+        "   \n"  # line 5: blank
+        '{"q": "three"}\n'  # line 6
+        '"text"\n'  # line 7: not an object
+        '{"q": "four"}'  # line 8: no trailing newline
     )
     rows = read(path)
     assert len(rows) == 6
@@ -115,18 +116,22 @@ def test_utf8_bom_is_ignored(tmp_path: Path) -> None:
 
 # --- ids, limit, repeat --------------------------------------------------------
 
+
 def test_id_field_and_rows_missing_it(tmp_path: Path) -> None:
-    path = write_jsonl(tmp_path / "d.jsonl", [
-        {"question_id": "q-a", "x": 1},
-        {"x": 2},
-        {"question_id": 7, "x": 3},
-        {"question_id": None, "x": 4},
-    ])
+    path = write_jsonl(
+        tmp_path / "d.jsonl",
+        [
+            {"question_id": "q-a", "x": 1},
+            {"x": 2},
+            {"question_id": 7, "x": 3},
+            {"question_id": None, "x": 4},
+        ],
+    )
     rows = read(path, id_field="question_id")
-    assert [r.id for r in rows] == ["q-a", "row-1", "7", "row-3"]
-    assert rows[1].error == "row 1: missing id field 'question_id'"
+    assert [r.id for r in rows] == ["q-a", "@line2", "7", "@line4"]
+    assert rows[1].error == "line 2: missing id field 'question_id'"
     assert rows[1].row == {"x": 2}
-    assert rows[3].error == "row 3: empty id field 'question_id'"
+    assert rows[3].error == "line 4: empty id field 'question_id'"
     assert rows[0].error is None and rows[2].error is None
 
 
@@ -160,16 +165,17 @@ def test_dataset_can_be_iterated_again(tmp_path: Path) -> None:
 
 # --- CSV -----------------------------------------------------------------------
 
+
 def test_csv_rows_stay_strings_and_bad_records_name_their_line(tmp_path: Path) -> None:
     path = tmp_path / "d.csv"
     path.write_text(
-        "id,n,flag,tags\n"                 # line 1
-        'a,3,true,"[""x"", ""y""]"\n'      # line 2
-        "b,4,false\n"                      # line 3: too few fields
-        "\n"                               # line 4: blank
-        "c,5,true,[],extra\n"              # line 5: too many
-        'd,6,false,"multi\nline"\n'        # lines 6-7: quoted newline is fine
-        "e,7,true,[]\n"                    # line 8
+        "id,n,flag,tags\n"  # line 1
+        'a,3,true,"[""x"", ""y""]"\n'  # line 2
+        "b,4,false\n"  # line 3: too few fields
+        "\n"  # line 4: blank
+        "c,5,true,[],extra\n"  # line 5: too many
+        'd,6,false,"multi\nline"\n'  # lines 6-7: quoted newline is fine
+        "e,7,true,[]\n"  # line 8
     )
     rows = read(path, id_field="id")
     assert len(rows) == 5
@@ -192,7 +198,7 @@ def test_csv_invalid_utf8_is_one_bad_row(tmp_path: Path) -> None:
     path = tmp_path / "d.csv"
     path.write_bytes(b"a,b\n1,2\n\xff\xfe,3\n4,5\n")
     rows = read(path)
-    assert [r.error for r in rows] == [None, "line 3: invalid UTF-8", None]
+    assert [r.error for r in rows] == [None, "line 3: invalid UTF-8 at byte 1", None]
     assert rows[2].row == {"a": "4", "b": "5"}
 
 
@@ -205,16 +211,19 @@ def test_csv_duplicate_header_is_a_dataset_error(tmp_path: Path) -> None:
 
 # --- Parquet -------------------------------------------------------------------
 
+
 def test_parquet_streams_typed_rows(tmp_path: Path) -> None:
     pa = pytest.importorskip("pyarrow")
     pq = pytest.importorskip("pyarrow.parquet")
     path = tmp_path / "d.parquet"
     n = 2000  # more than one reader batch
-    table = pa.table({
-        "id": [f"p{i}" for i in range(n)],
-        "n": list(range(n)),
-        "tags": [["a", str(i)] for i in range(n)],
-    })
+    table = pa.table(
+        {
+            "id": [f"p{i}" for i in range(n)],
+            "n": list(range(n)),
+            "tags": [["a", str(i)] for i in range(n)],
+        }
+    )
     pq.write_table(table, path, row_group_size=700)
     rows = read(path, id_field="id")
     assert len(rows) == n
@@ -232,6 +241,7 @@ def test_unreadable_parquet_is_a_dataset_error(tmp_path: Path) -> None:
 
 # --- Hugging Face save_to_disk ---------------------------------------------------
 
+
 def test_hf_dataset_saved_to_disk(tmp_path: Path) -> None:
     datasets = pytest.importorskip("datasets")
     records = [{"qid": f"h{i}", "text": f"t{i}", "score": i / 2} for i in range(25)]
@@ -247,10 +257,12 @@ def test_hf_dataset_dict_splits(tmp_path: Path) -> None:
     train = [{"x": i} for i in range(5)]
     test = [{"x": 100 + i} for i in range(3)]
     path = tmp_path / "dd"
-    datasets.DatasetDict({
-        "train": datasets.Dataset.from_list(train),
-        "test": datasets.Dataset.from_list(test),
-    }).save_to_disk(str(path))
+    datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_list(train),
+            "test": datasets.Dataset.from_list(test),
+        }
+    ).save_to_disk(str(path))
     assert [r.row for r in read(path)] == train  # default split: train
     assert [r.row for r in read(path, split="test")] == test
     with pytest.raises(DatasetError, match=r"no split 'validation'.*train, test"):
@@ -275,10 +287,12 @@ def test_hf_directory_without_arrow_files(tmp_path: Path) -> None:
 
 # --- map_fields ----------------------------------------------------------------------
 
+
 def test_map_fields_short_form_and_empty_mapping() -> None:
     row = {"q": "why?", "opts": ["a", "b"], "other": 1}
     assert map_fields(row, {"question": "q", "options": "opts"}) == {
-        "question": "why?", "options": ["a", "b"],
+        "question": "why?",
+        "options": ["a", "b"],
     }
     copied = map_fields(row, {})
     assert copied == row and copied is not row
@@ -305,46 +319,54 @@ def test_map_fields_optional_fields_take_their_default() -> None:
     assert map_fields({"n": None}, fields)["tags"] == []
 
 
-@pytest.mark.parametrize(("type_", "value", "expected"), [
-    ("str", "abc", "abc"),
-    ("int", 3, 3),
-    ("int", "3", 3),
-    ("int", " -12 ", -12),
-    ("float", 2, 2.0),
-    ("float", 2.5, 2.5),
-    ("float", "2.5", 2.5),
-    ("bool", True, True),
-    ("bool", "false", False),
-    ("bool", "True", True),
-    ("list", [1], [1]),
-    ("list", "[1, 2]", [1, 2]),
-    ("dict", {"a": 1}, {"a": 1}),
-    ("dict", '{"a": 1}', {"a": 1}),
-    ("any", None, None),
-])
+@pytest.mark.parametrize(
+    ("type_", "value", "expected"),
+    [
+        ("str", "abc", "abc"),
+        ("int", 3, 3),
+        ("int", "3", 3),
+        ("int", " -12 ", -12),
+        ("float", 2, 2.0),
+        ("float", 2.5, 2.5),
+        ("float", "2.5", 2.5),
+        ("bool", True, True),
+        ("bool", "false", False),
+        ("bool", "True", True),
+        ("list", [1], [1]),
+        ("list", "[1, 2]", [1, 2]),
+        ("dict", {"a": 1}, {"a": 1}),
+        ("dict", '{"a": 1}', {"a": 1}),
+        ("any", None, None),
+    ],
+)
 def test_map_fields_accepts_and_coerces(type_: str, value: Any, expected: Any) -> None:
     out = map_fields({"c": value}, {"v": FieldSpec(column="c", type=type_)})  # type: ignore[arg-type]
     assert out["v"] == expected
     assert type(out["v"]) is type(expected)
 
 
-@pytest.mark.parametrize(("type_", "value", "shown"), [
-    ("str", 5, "got int 5"),
-    ("int", True, "got bool True"),
-    ("int", 2.5, "got float 2.5"),
-    ("int", "3.5", "got str '3.5'"),
-    ("float", False, "got bool False"),
-    ("float", "abc", "got str 'abc'"),
-    ("bool", "yes", "got str 'yes'"),
-    ("bool", 1, "got int 1"),
-    ("list", "a, b", "got str 'a, b'"),
-    ("list", "[1, 2", "got str '[1, 2'"),
-    ("list", '{"a": 1}', "got str"),
-    ("dict", [1], "got list [1]"),
-    ("str", None, "got null None"),
-])
-def test_map_fields_wrong_types_name_field_type_and_value(type_: str, value: Any,
-                                                          shown: str) -> None:
+@pytest.mark.parametrize(
+    ("type_", "value", "shown"),
+    [
+        ("str", 5, "got int 5"),
+        ("int", True, "got bool True"),
+        ("int", 2.5, "got float 2.5"),
+        ("int", "3.5", "got str '3.5'"),
+        ("float", False, "got bool False"),
+        ("float", "abc", "got str 'abc'"),
+        ("bool", "yes", "got str 'yes'"),
+        ("bool", 1, "got int 1"),
+        ("list", "a, b", "got str 'a, b'"),
+        ("list", "[1, 2", "got str '[1, 2'"),
+        ("list", '{"a": 1}', "got str"),
+        ("dict", [1], "got list [1]"),
+        ("str", None, "is null"),
+        ("int", None, "is null"),
+    ],
+)
+def test_map_fields_wrong_types_name_field_type_and_value(
+    type_: str, value: Any, shown: str
+) -> None:
     with pytest.raises(RowError) as info:
         map_fields({"col": value}, {"var": FieldSpec(column="col", type=type_)})  # type: ignore[arg-type]
     assert info.value.field == "var"
@@ -360,6 +382,7 @@ def test_map_fields_truncates_long_values_in_errors() -> None:
 
 
 # --- memory ------------------------------------------------------------------------
+
 
 def test_streaming_memory_stays_flat(tmp_path: Path) -> None:
     """Fails if the reader is changed to load the file (or its rows) all at once."""
@@ -379,3 +402,219 @@ def test_streaming_memory_stays_flat(tmp_path: Path) -> None:
         tracemalloc.stop()
     assert count == n
     assert peak - base < 20 * 1024 * 1024, f"peak growth {(peak - base) / 1e6:.1f} MB"
+
+
+# --- duplicate ids: every input line keeps its own record ---------------------------
+
+
+def test_repeated_id_becomes_an_error_row_with_a_derived_id(tmp_path: Path, caplog) -> None:
+    path = write_jsonl(
+        tmp_path / "d.jsonl",
+        [
+            {"id": "a", "x": 1},  # line 1
+            {"id": "b", "x": 2},  # line 2
+            {"id": "a", "x": 3},  # line 3: repeats line 1
+            {"id": "a", "x": 4},  # line 4: again
+        ],
+    )
+    dataset = open_dataset(DatasetConfig(path="d.jsonl", id_field="id"), path)
+    with caplog.at_level("WARNING", logger="peerflow.datasets"):
+        rows = list(dataset)
+    assert len(rows) == 4
+    assert [r.id for r in rows] == ["a", "b", "a#dup@line3", "a#dup@line4"]
+    assert len({r.id for r in rows}) == 4
+    assert rows[0].error is None and rows[1].error is None
+    assert rows[2].error.startswith("line 3: duplicate id 'a'")
+    assert "'a#dup@line3'" in rows[2].error
+    assert rows[3].row == {"id": "a", "x": 4}  # the row is kept for the record
+    assert dataset.duplicate_ids == 2
+    assert sum("duplicate id 'a'" in r.getMessage() for r in caplog.records) == 2
+    assert [r.id for r in dataset] == [r.id for r in rows]  # deterministic: resume stays exact
+
+
+def test_reader_made_ids_never_collide_with_real_ones(tmp_path: Path) -> None:
+    path = tmp_path / "d.jsonl"
+    path.write_text(
+        '{"id": "x"}\n'  # line 1
+        "not json\n"  # line 2: the reader names it @line2
+        '{"id": "@line2"}\n'  # line 3: a real id equal to the reader-made one
+        '{"id": "row-1"}\n'  # line 4: what the reader used to generate for line 2
+        '{"nope": 1}\n'  # line 5: no id, @line5
+    )
+    rows = read(path, id_field="id")
+    ids = [r.id for r in rows]
+    assert len(rows) == 5 and len(set(ids)) == 5
+    assert ids[:2] == ["x", "@line2"]
+    assert ids[2] == "@line2#dup@line3" and "duplicate id '@line2'" in rows[2].error
+    assert ids[3] == "row-1" and rows[3].error is None
+    assert ids[4] == "@line5" and rows[4].error == "line 5: missing id field 'id'"
+
+
+def test_a_taken_derived_id_gets_a_counter(tmp_path: Path) -> None:
+    path = write_jsonl(
+        tmp_path / "d.jsonl",
+        [
+            {"id": "a#dup@line3"},
+            {"id": "a"},
+            {"id": "a"},
+            {"id": "a#dup@line3"},
+        ],
+    )
+    rows = read(path, id_field="id")
+    ids = [r.id for r in rows]
+    assert ids == ["a#dup@line3", "a", "a#dup2@line3", "a#dup@line3#dup@line4"]
+    assert len(set(ids)) == 4
+
+
+def test_duplicates_with_repeat_stay_unique_in_every_pass(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "d.jsonl", [{"id": "a"}, {"id": "a"}, {"id": "b"}])
+    dataset = open_dataset(DatasetConfig(path="d.jsonl", id_field="id", repeat=2), path)
+    ids = [r.id for r in dataset]
+    assert ids == ["a~0", "a~0#dup@line2", "b~0", "a~1", "a~1#dup@line2", "b~1"]
+    assert dataset.duplicate_ids == 2
+
+
+def test_positional_ids_need_no_duplicate_check(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "d.jsonl", [{"id": "a"}, {"id": "a"}])
+    rows = read(path)
+    assert [r.id for r in rows] == ["row-0", "row-1"]
+    assert all(r.error is None for r in rows)
+
+
+# --- damaged compressed input ------------------------------------------------------
+
+
+def _payload(n: int) -> bytes:
+    return b"".join(
+        orjson.dumps({"id": f"r{i}", "text": "lorem ipsum " * 8}) + b"\n" for i in range(n)
+    )
+
+
+def _assert_truncated(rows: list[RawRow], n: int) -> None:
+    good = [r for r in rows if r.error is None]
+    bad = [r for r in rows if r.error is not None]
+    assert 0 <= len(good) < n
+    assert len(bad) == 1 and bad[0] is rows[-1], [r.error for r in bad]
+    assert re.match(
+        rf"line {len(good) + 1}: the compressed input is truncated or corrupt after this point: ",
+        bad[0].error,
+    ), bad[0].error
+    assert bad[0].line == len(good) + 1
+    assert len({r.id for r in rows}) == len(rows)
+
+
+@pytest.mark.parametrize("size", [2000, 5])
+def test_truncated_gzip_gives_one_located_error(tmp_path: Path, size: int) -> None:
+    data = gzip.compress(_payload(size))
+    path = tmp_path / "d.jsonl.gz"
+    path.write_bytes(data[: len(data) // 2])
+    for options in ({}, {"id_field": "id"}):
+        rows = read(path, **options)  # must not raise
+        _assert_truncated(rows, size)
+    assert [r.id for r in read(path)] == [r.id for r in read(path)]  # a re-run sees the same
+
+
+@pytest.mark.parametrize("size", [2000, 5])
+def test_truncated_zstd_gives_one_located_error(tmp_path: Path, size: int) -> None:
+    zstandard = pytest.importorskip("zstandard")
+    data = zstandard.ZstdCompressor().compress(_payload(size))
+    path = tmp_path / "d.jsonl.zst"
+    path.write_bytes(data[: len(data) // 2])
+    _assert_truncated(read(path, id_field="id"), size)
+
+
+def test_corrupt_gzip_and_zstd_end_in_one_located_error(tmp_path: Path) -> None:
+    zstandard = pytest.importorskip("zstandard")
+    payload = _payload(2000)
+    for name, data in (
+        ("d.jsonl.gz", gzip.compress(payload)),
+        ("d.jsonl.zst", zstandard.ZstdCompressor().compress(payload)),
+    ):
+        damaged = bytearray(data)
+        damaged[len(damaged) // 2] ^= 0xFF
+        damaged[len(damaged) // 2 + 1] ^= 0xFF
+        path = tmp_path / name
+        path.write_bytes(bytes(damaged))
+        rows = read(path)
+        assert "truncated or corrupt after this point" in rows[-1].error, name
+        assert rows[-1].error.startswith(f"line {rows[-1].line}: ")
+
+
+def test_multi_frame_zstd_reads_every_frame(tmp_path: Path) -> None:
+    zstandard = pytest.importorskip("zstandard")
+    c = zstandard.ZstdCompressor()
+    path = tmp_path / "d.jsonl.zst"
+    path.write_bytes(c.compress(b'{"a": 1}\n') + c.compress(b'{"a": 2}\n'))
+    assert [r.row for r in read(path)] == [{"a": 1}, {"a": 2}]
+
+
+def test_truncated_gzip_csv_gives_one_located_error(tmp_path: Path) -> None:
+    text = "id,text\n" + "".join(f"r{i},lorem ipsum dolor {i}\n" for i in range(3000))
+    data = gzip.compress(text.encode())
+    path = tmp_path / "d.csv.gz"
+    path.write_bytes(data[: len(data) // 2])
+    rows = read(path, id_field="id")
+    good = [r for r in rows if r.error is None]
+    assert 0 < len(good) < 3000
+    assert rows[-1].error.startswith(f"line {len(good) + 2}: the compressed input is truncated")
+
+
+def test_a_file_that_is_not_what_its_suffix_says_is_a_dataset_error(tmp_path: Path) -> None:
+    for name in ("d.jsonl.gz", "d.jsonl.zst"):
+        path = tmp_path / name
+        path.write_bytes(b'{"a": 1}\n')
+        with pytest.raises(DatasetError, match=r"not a (gzip|zstd) file"):
+            read(path)
+
+
+# --- 1-based locations and plain-word messages ---------------------------------------
+
+
+def test_rows_carry_their_1_based_line(tmp_path: Path) -> None:
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"a": 1}\n\n{"a": 2}\n')
+    assert [(r.index, r.line) for r in read(path)] == [(0, 1), (1, 3)]
+    csv_path = tmp_path / "d.csv"
+    csv_path.write_text('a\n1\n"multi\nline"\n3\n')
+    assert [r.line for r in read(csv_path)] == [2, 3, 5]
+
+
+def test_parquet_rows_are_numbered_from_1(tmp_path: Path) -> None:
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    path = tmp_path / "d.parquet"
+    pq.write_table(pa.table({"k": ["a", None, "c"]}), path)
+    rows = read(path, id_field="k")
+    assert [r.line for r in rows] == [1, 2, 3]
+    assert rows[1].id == "@row2" and rows[1].error == "row 2: empty id field 'k'"
+
+
+def test_jsonl_invalid_utf8_says_so_in_words(tmp_path: Path) -> None:
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(b'{"a": 1}\n{"a": "caf\xe9"}\n{"a": [1, 2')
+    rows = read(path)
+    assert rows[1].error == "line 2: invalid UTF-8 at byte 11"
+    assert "surrogates" not in rows[1].error
+    assert rows[2].error.startswith(
+        "line 3: invalid JSON: the line ends before the JSON value is complete (column "
+    )
+
+
+def test_columns_are_read_cheaply(tmp_path: Path) -> None:
+    jsonl = write_jsonl(tmp_path / "d.jsonl", [{"q": 1, "a": 2}, {"z": 3}])
+    assert open_dataset(DatasetConfig(path="d.jsonl"), jsonl).columns() == ["q", "a"]
+    csv_path = tmp_path / "d.csv"
+    csv_path.write_text("q,a\n1,2\n")
+    assert open_dataset(DatasetConfig(path="d.csv"), csv_path).columns() == ["q", "a"]
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    pq.write_table(pa.table({"q": [1], "b": [2]}), tmp_path / "d.parquet")
+    dataset = open_dataset(DatasetConfig(path="d.parquet"), tmp_path / "d.parquet")
+    assert dataset.columns() == ["q", "b"]
+
+
+def test_map_fields_null_names_the_field() -> None:
+    with pytest.raises(RowError) as info:
+        map_fields({"q": None}, {"question": FieldSpec(column="q", type="str")})
+    assert info.value.field == "question"
+    assert info.value.message == "field 'q' (prompt variable 'question') is null, expected str"

@@ -64,28 +64,27 @@ def test_coral_sim_runs_with_metrics_and_simulator_labels(tmp_path: Path) -> Non
     assert "SIMULATED" in proc.stdout
 
 
-def test_unreachable_llm_gives_error_records_naming_the_endpoint(tmp_path: Path) -> None:
+def test_unreachable_llm_stops_before_any_record_and_names_the_endpoint(tmp_path: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    config = load_config(
-        CORAL / "coral_sim.yaml",
-        [
-            "dataset.limit=5",
-            f"output.path={tmp_path / 'o.jsonl'}",
-            "runtime.progress=false",
-            f"services.llm={{kind: openai, model: m, endpoints: ['http://127.0.0.1:{port}/v1'], "
-            "max_retries: 1, backoff: 0.01}",
-        ],
-    )
+    out = tmp_path / "o.jsonl"
+    overrides = [
+        "dataset.limit=5",
+        f"output.path={out}",
+        "runtime.progress=false",
+        f"services.llm={{kind: openai, model: m, endpoints: ['http://127.0.0.1:{port}/v1'], "
+        "max_retries: 1, backoff: 0.01}",
+    ]
+    config = load_config(CORAL / "coral_sim.yaml", overrides)
     summary = run(config, pipeline=Pipeline(config))
-    recs = records(tmp_path / "o.jsonl")
-    assert len(recs) == 5
-    for r in recs:
-        assert r["status"] == "error"
-        assert r["error"]["role"] == "teacher"
-        assert f"127.0.0.1:{port}" in r["error"]["message"]
-    assert summary["by_status"] == {"error": 5}
+    assert records(out) == []  # nothing burnt into errors: the next run does every row
+    assert summary["outcome"] == "stopped" and summary["exit_code"] == 3
+    assert f"127.0.0.1:{port}" in summary["reason"]
+    proc = run_cli("run", str(CORAL / "coral_sim.yaml"), *overrides)
+    assert proc.returncode == 3
+    assert f"127.0.0.1:{port}" in proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 def test_flaky_llm_retries_and_every_row_ends_once(tmp_path: Path) -> None:

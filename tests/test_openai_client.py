@@ -47,22 +47,30 @@ def completion(content: str = "hello", **extra: Any) -> dict[str, Any]:
 
 def ok(content: str = "hello", **extra: Any) -> Action:
     async def act(request: web.Request) -> web.StreamResponse:
-        return web.Response(body=orjson.dumps(completion(content, **extra)),
-                            content_type="application/json")
+        return web.Response(
+            body=orjson.dumps(completion(content, **extra)), content_type="application/json"
+        )
+
     return act
 
 
 def status(code: int, body: Any = None, headers: dict[str, str] | None = None) -> Action:
     async def act(request: web.Request) -> web.StreamResponse:
         payload = body if body is not None else {"error": {"message": f"status {code}"}}
-        return web.Response(status=code, body=orjson.dumps(payload), headers=headers,
-                            content_type="application/json")
+        return web.Response(
+            status=code,
+            body=orjson.dumps(payload),
+            headers=headers,
+            content_type="application/json",
+        )
+
     return act
 
 
 def raw(data: bytes, code: int = 200) -> Action:
     async def act(request: web.Request) -> web.StreamResponse:
         return web.Response(status=code, body=data, content_type="application/json")
+
     return act
 
 
@@ -70,6 +78,7 @@ def sleep(seconds: float) -> Action:
     async def act(request: web.Request) -> web.StreamResponse:
         await asyncio.sleep(seconds)
         return await ok()(request)
+
     return act
 
 
@@ -105,8 +114,9 @@ class FakeOpenAI:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_get("/v1/models", self._models)
-        self.runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=0.2,
-                                    access_log=None)
+        self.runner = web.AppRunner(
+            app, handler_cancellation=True, shutdown_timeout=0.2, access_log=None
+        )
         await self.runner.setup()
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
@@ -170,11 +180,18 @@ MSG = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
 
 async def test_success_parses_everything(servers, client) -> None:
     (srv,) = await servers(1)
-    tool_calls = [{"id": "c1", "type": "function",
-                   "function": {"name": "f", "arguments": "{}"}}]
-    srv.script = [ok(choices=[{"index": 0, "finish_reason": "tool_calls",
-                               "message": {"role": "assistant", "content": None,
-                                           "tool_calls": tool_calls}}])]
+    tool_calls = [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]
+    srv.script = [
+        ok(
+            choices=[
+                {
+                    "index": 0,
+                    "finish_reason": "tool_calls",
+                    "message": {"role": "assistant", "content": None, "tool_calls": tool_calls},
+                }
+            ]
+        )
+    ]
     svc = await client([srv.url + "/"], extra_body={"top_k": 5, "temperature": 1.0})
     assert isinstance(svc, Service)
     res = await svc.call({**MSG, "temperature": 0.2})
@@ -216,14 +233,38 @@ async def test_429_retry_after_is_honoured(servers, client) -> None:
     assert res.attempts == 2
 
 
-async def test_retry_after_is_capped_by_backoff_max(servers, client) -> None:
+async def test_retry_after_beyond_backoff_max_is_honoured(servers, client) -> None:
+    # Retry-After has its own cap: clipping it to backoff_max would retry too early.
     (srv,) = await servers(1)
-    srv.script = [status(429, headers={"Retry-After": "120"})]
-    svc = await client([srv.url], backoff_max=0.1)
+    srv.script = [status(429, headers={"Retry-After": "2"})]
+    svc = await client([srv.url], backoff_max=0.2)
     t0 = time.monotonic()
     res = await svc.call(MSG)
-    assert time.monotonic() - t0 < 2.0
+    assert time.monotonic() - t0 >= 1.9
+    assert res.attempts == 2 and res.content == "hello"
+
+
+async def test_retry_after_is_capped_by_retry_after_max(servers, client) -> None:
+    (srv,) = await servers(1)
+    srv.script = [status(503, headers={"Retry-After": "120"})]
+    svc = await client([srv.url], backoff_max=0.1, retry_after_max=0.2)
+    t0 = time.monotonic()
+    res = await svc.call(MSG)
+    assert time.monotonic() - t0 < 60
     assert res.attempts == 2
+
+
+def test_retry_after_max_default_and_config() -> None:
+    from peerflow.config import OpenAIServiceConfig
+    from peerflow.services import build_service
+
+    svc = OpenAIService("llm", model="m", endpoints=["http://127.0.0.1:1/v1"])
+    assert svc.retry_after_max == 600.0
+    cfg = OpenAIServiceConfig(
+        kind="openai", model="m", endpoints=["http://127.0.0.1:1/v1"], retry_after_max=42
+    )
+    built = build_service("llm", cfg)
+    assert isinstance(built, OpenAIService) and built.retry_after_max == 42
 
 
 def test_retry_after_parsing() -> None:
@@ -261,8 +302,13 @@ async def test_timeout_then_success(servers, client) -> None:
 
 @pytest.mark.parametrize(
     "bad",
-    [raw(b"<html>not json"), raw(b'{"error": "overloaded"}'), raw(b'{"choices": []}'),
-     raw(b'{"choices": [{"message": null}]}'), raw(b"[1, 2]")],
+    [
+        raw(b"<html>not json"),
+        raw(b'{"error": "overloaded"}'),
+        raw(b'{"choices": []}'),
+        raw(b'{"choices": [{"message": null}]}'),
+        raw(b"[1, 2]"),
+    ],
     ids=["garbage", "no-choices", "empty-choices", "null-message", "list"],
 )
 async def test_unusable_body_is_retried(servers, client, bad: Action) -> None:
@@ -285,6 +331,38 @@ async def test_unreachable_endpoint_names_url(client) -> None:
     assert url in str(err)
     assert svc.stats()["endpoints"][url]["requests"] == 3
     assert svc.stats()["failures"] == 1
+
+
+async def test_408_is_retried(servers, client) -> None:
+    (srv,) = await servers(1)
+    srv.script = [status(408)]
+    svc = await client([srv.url])
+    res = await svc.call(MSG)
+    assert res.attempts == 2 and res.content == "hello"
+    srv.default = status(408)
+    with pytest.raises(ServiceError) as ei:
+        await svc.call(MSG)
+    assert ei.value.retryable and ei.value.status == 408 and ei.value.attempts == 4
+
+
+async def test_endpoint_index_and_last_error(servers, client) -> None:
+    a, b = await servers(2)
+    svc = await client([a.url, b.url])
+    seen = {(r.endpoint, r.endpoint_index) for r in [await svc.call(MSG) for _ in range(4)]}
+    assert seen == {(a.url, 0), (b.url, 1)}
+    assert svc.last_error is None
+    b.default = status(404, body={"error": {"message": "no such model"}})
+    a.default = status(404, body={"error": {"message": "no such model"}})
+    with pytest.raises(ServiceError):
+        await svc.call(MSG)
+    assert "no such model" in (svc.last_error or "")
+
+
+async def test_not_started_is_retryable() -> None:
+    svc = OpenAIService("llm", model="m", endpoints=["http://127.0.0.1:1/v1"])
+    with pytest.raises(ServiceError) as ei:
+        await svc.call(MSG)
+    assert ei.value.retryable
 
 
 @pytest.mark.parametrize("code", [400, 401, 404, 422])
@@ -406,6 +484,7 @@ async def test_health(servers, client) -> None:
     assert svc.stats()["endpoints"][dead]["requests"] == 0
     only_dead = await client([dead])
     assert await only_dead.health() is False
+    assert dead in (only_dead.last_error or "")  # the probe says which URL did not answer
 
 
 async def test_not_started_and_idempotent_lifecycle(servers) -> None:
@@ -446,8 +525,9 @@ async def test_api_key_sent_but_never_leaked(servers, client, monkeypatch, caplo
 
 async def test_missing_api_key_env_names_variable(monkeypatch) -> None:
     monkeypatch.delenv("PEERFLOW_NOPE_KEY", raising=False)
-    svc = OpenAIService("llm", model="m", endpoints=["http://127.0.0.1:1/v1"],
-                        api_key_env="PEERFLOW_NOPE_KEY")
+    svc = OpenAIService(
+        "llm", model="m", endpoints=["http://127.0.0.1:1/v1"], api_key_env="PEERFLOW_NOPE_KEY"
+    )
     with pytest.raises(ServiceError, match="PEERFLOW_NOPE_KEY"):
         await svc.start()
 

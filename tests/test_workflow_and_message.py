@@ -69,10 +69,20 @@ def test_failed_step_ends_the_task_with_its_error() -> None:
     wf = Sequence(["a", "b"])
     msg = message()
     wf.start(msg)
-    msg.history.append(Step(role="a", ok=False, error="boom"))
+    msg.history.append(
+        Step(role="a", ok=False, error="boom", transient=True, http_status=503, attempts=4)
+    )
     assert wf.advance(msg) is None
     assert msg.status == "error"
-    assert msg.error == {"stage": "agent", "message": "boom", "role": "a"}
+    assert msg.error == {
+        "stage": "agent",
+        "message": "boom",
+        "kind": "transient",
+        "status": 503,
+        "attempts": 4,
+        "role": "a",
+    }
+    assert msg.reason == "agent"
 
 
 def test_max_steps_caps_any_workflow() -> None:

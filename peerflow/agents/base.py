@@ -7,6 +7,11 @@ messages itself, which is what lets the same agent run on any runtime.
 
 Agents are shared by every message of their role in a process, so they must
 keep no per-task state: everything about a task is in the message.
+
+`run` never raises: any exception becomes a failed step that says whether the
+failure was transient (a re-run re-attempts the row) or permanent, the HTTP
+status and the attempts made. When the service answered but parsing failed,
+the failed step still holds the reply, so its text and tokens are not lost.
 """
 
 from __future__ import annotations
@@ -18,7 +23,10 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict
 
 from peerflow.message import Message, Step
-from peerflow.services.base import ChatResult, Service
+from peerflow.services.base import ChatResult, Service, error_kind
+
+# Request keys that are the conversation, not how it is sampled.
+_NOT_SAMPLING = frozenset(("messages", "tools", "seed"))
 
 
 class AgentOptions(BaseModel):
@@ -27,8 +35,14 @@ class AgentOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class ParseError(Exception):
+    """The service answered, but its reply could not be turned into step data (permanent)."""
+
+
 class Agent:
     Options: ClassVar[type[AgentOptions]] = AgentOptions
+    # Hash of the prompt templates, recorded on every LLM step (set by LLM agents).
+    template: str | None = None
 
     def __init__(self, role: str, options: AgentOptions, services: Mapping[str, Service]):
         self.role = role
@@ -47,23 +61,79 @@ class Agent:
     async def postprocess(self, message: Message, result: Any) -> Step:
         return to_step(self.role, result)
 
+    # True when neither preprocess nor postprocess is overridden: `run` then skips them,
+    # which saves two coroutines on every step of function and rule agents.
+    _plain: ClassVar[bool] = True
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        cls._plain = cls.preprocess is Agent.preprocess and cls.postprocess is Agent.postprocess
+
     async def run(self, message: Message) -> Step:
         """One step; never raises, so an agent bug fails one task, not the run."""
         started = time.time()
+        request: Any = None
+        result: Any = None
         try:
-            request = await self.preprocess(message)
-            result = await self.process(message, request)
-            step = await self.postprocess(message, result)
+            if self._plain:
+                result = await self.process(message, None)
+                step = to_step(self.role, result)
+            else:
+                request = await self.preprocess(message)
+                result = await self.process(message, request)
+                step = await self.postprocess(message, result)
         except Exception as exc:
-            step = Step(
-                role=self.role,
-                ok=False,
-                error=f"{type(exc).__name__}: {exc}",
-                attempts=getattr(exc, "attempts", 0),
-            )
+            step = failed_step(self.role, exc, result)
+        if request.__class__ is dict and "messages" in request:
+            self.provenance(step, request, result)
         step.started = started
         step.latency = time.time() - started
         return step
+
+    def provenance(self, step: Step, request: dict[str, Any], result: Any) -> None:
+        """Record how an LLM step was produced: sampling sent, seed, templates, endpoint.
+
+        Called for every step whose request was a chat (it has `messages`), failed or not,
+        so a record can always be traced to the prompts and parameters that made it.
+        """
+        sampling = {k: v for k, v in request.items() if k not in _NOT_SAMPLING}
+        extra = getattr(getattr(self, "service", None), "extra_body", None)
+        if extra:
+            # The service's defaults were sent too, under the request's own values.
+            sampling = {**extra, **sampling}
+        step.sampling = sampling or None
+        seed = request.get("seed")
+        if seed is not None:
+            step.seed = seed
+        if self.template is not None:
+            step.template = self.template
+        if isinstance(result, ChatResult):
+            if step.model is None:
+                step.model = result.model
+            if step.endpoint is None:
+                step.endpoint = result.endpoint_index
+            if step.finish_reason is None:
+                step.finish_reason = result.finish_reason
+
+
+def failed_step(role: str, exc: BaseException, result: Any = None) -> Step:
+    """The failed step for `exc`; keeps the service's reply if there was one.
+
+    `result` is what the service returned before parsing or postprocessing failed: its
+    text, tool calls and token usage stay in the record (and in the token totals).
+    """
+    transient, status, attempts = error_kind(exc)
+    if isinstance(result, ChatResult):
+        step = to_step(role, result)
+        attempts = attempts or result.attempts
+    else:
+        step = Step(role=role)
+    step.ok = False
+    step.error = f"{type(exc).__name__}: {exc}"
+    step.transient = transient
+    step.http_status = status
+    step.attempts = attempts
+    return step
 
 
 def to_step(role: str, result: Any) -> Step:
@@ -79,6 +149,8 @@ def to_step(role: str, result: Any) -> Step:
             usage=result.usage,
             model=result.model,
             attempts=result.attempts,
+            endpoint=result.endpoint_index,
+            finish_reason=result.finish_reason,
         )
     if isinstance(result, str):
         return Step(role=role, content=result)

@@ -10,22 +10,46 @@ one shared debate from their own side.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from typing import Any
 
 import jinja2
-from pydantic import Field
+import jinja2.meta
+from pydantic import Field, field_validator
+from pydantic_core import PydanticCustomError
 
-from peerflow.agents.base import Agent, AgentOptions, to_step
+from peerflow.agents.base import Agent, AgentOptions, ParseError, to_step
 from peerflow.loading import load_object
 from peerflow.message import Message, Step
 from peerflow.services.base import ChatResult, Service
 
 TASK_ROLE = "task"
 
+
+def _no_null(value: Any) -> Any:
+    """Jinja `finalize`: a null value must fail the render, never become the text "None"."""
+    if value is None:
+        raise ValueError(
+            "the template printed a null value (None); the variable or attribute is empty "
+            "for this task"
+        )
+    return value
+
+
 _env = jinja2.Environment(
-    undefined=jinja2.StrictUndefined, keep_trailing_newline=False, autoescape=False
+    undefined=jinja2.StrictUndefined,
+    keep_trailing_newline=False,
+    autoescape=False,
+    finalize=_no_null,
 )
+
+_GLOBALS = dict(_env.globals)
+
+# Names every role template can use besides the task's variables; see `LLMAgent.context`.
+CONTEXT_NAMES = frozenset({"vars", "row", "message", "history", "last", "role"})
+# Names `task.message` can use besides the task's variables.
+TASK_CONTEXT_NAMES = frozenset({"vars", "row"})
 
 
 class LLMOptions(AgentOptions):
@@ -35,8 +59,45 @@ class LLMOptions(AgentOptions):
     conversation: list[str] | None = None
     include_task: bool = True
     sampling: dict[str, Any] = Field(default_factory=dict)
+    # Request fields beyond sampling's known keys, merged into the request body unchecked.
+    extra_body: dict[str, Any] = Field(default_factory=dict)
     tools: list[dict[str, Any]] | None = None
     parse: str | None = None  # "module:function(message, text) -> dict | None" -> step.data
+
+    @field_validator("sampling")
+    @classmethod
+    def _known_sampling_keys(cls, sampling: dict[str, Any]) -> dict[str, Any]:
+        from peerflow.sampling import sampling_errors
+
+        errors = sampling_errors(sampling)
+        if errors:
+            text = "; ".join(message for _, message in errors)
+            raise PydanticCustomError("sampling", "{msg}", {"msg": text})
+        return sampling
+
+
+def template_variables(source: str | None) -> set[str]:
+    """The top-level names a template reads from its context (not those it sets itself).
+
+    Jinja's globals (range, dict, ...) are left out. Raises ValueError on a syntax error.
+    """
+    if source is None:
+        return set()
+    try:
+        names = jinja2.meta.find_undeclared_variables(_env.parse(source))
+    except jinja2.TemplateSyntaxError as exc:
+        raise ValueError(f"template syntax error on line {exc.lineno}: {exc.message}") from None
+    return set(names) - set(_env.globals)
+
+
+def render(template: jinja2.Template, context: dict[str, Any]) -> str:
+    """Render `template` with `context` (and Jinja's globals) as its namespace.
+
+    `Template.render` builds a fresh context copying the globals on every call, which
+    costs about three times as much; prompts are rendered on every step of every task.
+    """
+    ctx = template.new_context({**_GLOBALS, **context}, shared=True)
+    return "".join(template.root_render_func(ctx))
 
 
 def compile_template(source: str | None, where: str) -> jinja2.Template | None:
@@ -64,6 +125,7 @@ class LLMAgent(Agent):
         self.service = services[options.service]
         self.system = compile_template(options.system, f"roles.{role}.system")
         self.prompt = compile_template(options.prompt, f"roles.{role}.prompt")
+        self.template = template_hash(options.system, options.prompt)
         self.dialogue = set(options.conversation or ())
         self.parse_fn = (
             load_object(options.parse, what=f"roles.{role}.parse") if options.parse else None
@@ -84,7 +146,7 @@ class LLMAgent(Agent):
         ctx = self.context(message) if (self.system or self.prompt) else {}
         chat: list[dict[str, Any]] = []
         if self.system is not None:
-            chat.append({"role": "system", "content": self.system.render(ctx)})
+            chat.append({"role": "system", "content": render(self.system, ctx)})
         for step in message.history:
             if step.role == TASK_ROLE:
                 if self.options.include_task:
@@ -106,11 +168,15 @@ class LLMAgent(Agent):
                 else:
                     _add(chat, "user", step.content or "")
         if self.prompt is not None:
-            _add(chat, "user", self.prompt.render(ctx))
+            _add(chat, "user", render(self.prompt, ctx))
         return chat
 
     async def preprocess(self, message: Message) -> dict[str, Any]:
-        request: dict[str, Any] = {"messages": self.chat(message), **self.options.sampling}
+        request: dict[str, Any] = {
+            **self.options.extra_body,
+            "messages": self.chat(message),
+            **self.options.sampling,
+        }
         if self.options.tools:
             request["tools"] = self.options.tools
         request.setdefault("seed", message.seed)
@@ -120,15 +186,45 @@ class LLMAgent(Agent):
         return await self.service.call(request, key=message.id)
 
     async def postprocess(self, message: Message, result: ChatResult) -> Step:
+        """The reply as a step, with `parse`'s data; a parse failure fails the step.
+
+        The failed step still keeps the reply (see `Agent.run`): a parse failure is
+        permanent, and the text is what one needs to see why.
+        """
         step = to_step(self.role, result)
-        parsed = self.parse(message, result.content or "")
+        try:
+            parsed = self.parse(message, result.content or "")
+        except Exception as exc:
+            where = f"roles.{self.role}.parse"
+            if self.options.parse:
+                where += f" ({self.options.parse})"
+            raise ParseError(f"{where} failed on the reply: {type(exc).__name__}: {exc}") from exc
         if parsed:
+            if not isinstance(parsed, dict):
+                raise ParseError(
+                    f"roles.{self.role}.parse returned {type(parsed).__name__}; "
+                    "expected a dict or None"
+                )
             step.data = {**(step.data or {}), **parsed}
         return step
 
     def parse(self, message: Message, text: str) -> dict[str, Any] | None:
         """Turn the reply text into step data; override, or name a function in `parse:`."""
         return self.parse_fn(message, text) if self.parse_fn else None
+
+
+def template_hash(*sources: str | None) -> str | None:
+    """A short, stable hash of a role's prompt templates, recorded on each of its steps.
+
+    It tells apart records made with different prompts without storing the prompts in
+    every record. None when the role has no templates of its own.
+    """
+    if all(s is None for s in sources):
+        return None
+    h = hashlib.blake2b(digest_size=6)
+    for source in sources:
+        h.update(b"\x00" if source is None else b"\x01" + source.encode() + b"\x00")
+    return h.hexdigest()
 
 
 def _add(chat: list[dict[str, Any]], role: str, content: str) -> None:

@@ -1,11 +1,12 @@
-"""The embedded runtime: one process, one asyncio loop, a queue per role.
+"""The embedded runtime: one process, one asyncio loop, an inbox per role.
 
-Each role has `workers` coroutines pulling from its queue, so many messages
-are in flight per role while agents await their services. A message moves by
-`put` onto the next role's queue: there is no central loop deciding
-anything, only the message's own workflow. Admission reads the dataset
-lazily and blocks on a semaphore of `max_in_flight` slots, which the sink
-side releases; that bound is the back-pressure that keeps memory flat.
+A message moves by `put` onto the next role's inbox: there is no central loop
+deciding anything, only the message's own workflow. Each role's workers are
+elastic: a worker is started only when a message waits and no worker is idle or
+about to start, up to the role's `workers` cap (default `max_in_flight`). An agent
+that awaits a server thus gets as many concurrent steps as there are waiting
+messages, while an agent that never suspends runs on one worker with no task
+switches. Admission, finishing and stopping are `Admission`'s, shared with Ray.
 """
 
 from __future__ import annotations
@@ -13,44 +14,71 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
+from collections.abc import Callable
 
 from peerflow.agents import Agent
 from peerflow.config import RuntimeConfig
-from peerflow.message import RUNNING, Message
+from peerflow.message import Message
 from peerflow.pipeline import Pipeline
+from peerflow.runtimes.admission import Admission
+from peerflow.services.watch import ServiceWatch
 from peerflow.sink import Sink
 from peerflow.stats import RunStats
 
 
 class Inbox:
-    """A role's queue that hands a message straight to an idle worker.
+    """A role's queue that calls one helper at a time for the messages that wait.
 
-    Leaner than `asyncio.Queue` (no size bound, no putters), which matters
+    A put wakes an idle worker, or starts a new one (up to `cap`), only when nobody is
+    already on the way; a worker that takes a message and sees more waiting calls the
+    next helper. So a burst of puts costs one wake-up, a worker that never suspends
+    drains the queue alone, and a worker that awaits a server is joined by as many
+    others as there are waiting messages. Leaner than `asyncio.Queue`, which matters
     because every step of every task passes through one.
     """
 
-    __slots__ = ("idle", "items", "loop")
+    __slots__ = ("cap", "coming", "idle", "items", "loop", "spawn", "workers")
 
-    def __init__(self) -> None:
+    def __init__(self, cap: int, spawn: Callable[[Inbox], None]) -> None:
         self.items: deque[Message] = deque()
-        self.idle: deque[asyncio.Future[Message]] = deque()
+        self.idle: deque[asyncio.Future[None]] = deque()
         self.loop = asyncio.get_running_loop()
+        self.cap = cap
+        self.spawn = spawn
+        self.workers = 0
+        self.coming = 0  # workers woken or started that have not yet looked at the queue
 
-    def put(self, message: Message) -> None:
+    def call_help(self) -> None:
+        if self.coming:
+            return
         idle = self.idle
         while idle:
             waiter = idle.popleft()
             if not waiter.done():
-                waiter.set_result(message)
+                waiter.set_result(None)
+                self.coming += 1
                 return
+        if self.workers < self.cap:
+            self.workers += 1
+            self.coming += 1
+            self.spawn(self)
+
+    def put(self, message: Message) -> None:
         self.items.append(message)
+        if not self.coming:
+            self.call_help()
 
     async def get(self) -> Message:
-        if self.items:
-            return self.items.popleft()
-        waiter = self.loop.create_future()
-        self.idle.append(waiter)
-        return await waiter
+        items = self.items
+        while not items:
+            waiter = self.loop.create_future()
+            self.idle.append(waiter)
+            await waiter
+            self.coming -= 1
+        message = items.popleft()
+        if items and not self.coming:
+            self.call_help()
+        return message
 
 
 class LocalRuntime:
@@ -59,94 +87,112 @@ class LocalRuntime:
     def __init__(self, config: RuntimeConfig, *, flush_interval: float = 0.5):
         self.config = config
         self.flush_interval = flush_interval
-        self.in_flight = 0
+        self.admission: Admission | None = None
 
-    async def run(self, pipeline: Pipeline, sink: Sink, stats: RunStats) -> None:
+    @property
+    def in_flight(self) -> int:
+        return self.admission.in_flight if self.admission is not None else 0
+
+    async def run(
+        self, pipeline: Pipeline, sink: Sink, stats: RunStats, watch: ServiceWatch | None = None
+    ) -> None:
         server = None
         if self.config.metrics_port is not None:
             from peerflow.metrics import serve_metrics
 
             server = serve_metrics(self.config.metrics_port, stats, lambda: self.in_flight)
         try:
-            async with pipeline.running_services() as services:
+            async with pipeline.running_services(watch) as services:
                 agents = pipeline.agents(services)
                 for agent in agents.values():
                     await agent.setup()
-                await self._drive(pipeline, agents, sink, stats)
+                await self._drive(pipeline, agents, sink, stats, watch)
         finally:
             if server is not None:
                 server.shutdown()
 
     async def _drive(
-        self, pipeline: Pipeline, agents: dict[str, Agent], sink: Sink, stats: RunStats
+        self,
+        pipeline: Pipeline,
+        agents: dict[str, Agent],
+        sink: Sink,
+        stats: RunStats,
+        watch: ServiceWatch | None,
     ) -> None:
         workflow = pipeline.workflow
         assert workflow is not None
-        queues = {role: Inbox() for role in agents}
-        slots = asyncio.Semaphore(self.config.max_in_flight)
-        drained = asyncio.Event()
-        failure: list[BaseException] = []
-        admitting = True
-        finish = pipeline.finish
+        admission = self.admission = Admission(
+            pipeline, sink, stats, max_in_flight=self.config.max_in_flight, watch=watch
+        )
+        finish = admission.finish
+        misroute = admission.misroute
+        advance = workflow.advance
+        tasks: set[asyncio.Task[None]] = set()
 
-        def done(message: Message) -> None:
-            finish(message, sink, stats)
-            self.in_flight -= 1
-            slots.release()
-            if not admitting and self.in_flight == 0:
-                drained.set()
-
-        async def worker(role: str) -> None:
-            agent = agents[role]
-            queue = queues[role]
-            advance = workflow.advance
+        async def worker(inbox: Inbox, agent: Agent) -> None:
+            inbox.coming -= 1
+            items = inbox.items
             try:
                 while True:
-                    message = await queue.get()
+                    # The common case without a coroutine: a message is already waiting.
+                    if items and inbox.coming == 0 and len(items) == 1:
+                        message = items.popleft()
+                    else:
+                        message = await inbox.get()
                     message.history.append(await agent.run(message))
                     nxt = advance(message)
                     if nxt is None:
-                        done(message)
+                        finish(message)
                     else:
-                        queues[nxt].put(message)
+                        target = inboxes.get(nxt)
+                        if target is None:
+                            finish(misroute(message, nxt))
+                        else:
+                            target.put(message)
             except asyncio.CancelledError:
                 raise
             except BaseException as exc:  # a runtime bug or a full disk: stop the run, loudly
-                failure.append(exc)
-                drained.set()
+                admission.stop(exc)
+
+        def spawner(agent: Agent) -> Callable[[Inbox], None]:
+            def spawn(inbox: Inbox) -> None:
+                task = asyncio.ensure_future(worker(inbox, agent))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+
+            return spawn
+
+        inboxes: dict[str, Inbox] = {}
+        for role, agent in agents.items():
+            cap = pipeline.config.roles[role].workers or self.config.max_in_flight
+            inboxes[role] = Inbox(cap, spawner(agent))
+
+        def dispatch(message: Message, role: str | None) -> bool:
+            if role is None:
+                finish(message)
+                return True
+            inbox = inboxes.get(role)
+            if inbox is None:
+                return False
+            inbox.put(message)
+            return True
 
         async def flusher() -> None:
-            while True:
-                await asyncio.sleep(self.flush_interval)
-                sink.flush()
+            try:
+                while True:
+                    await asyncio.sleep(self.flush_interval)
+                    sink.flush()
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:  # a full disk must stop the run, not go unseen
+                admission.stop(exc)
 
-        tasks = [asyncio.create_task(flusher())]
-        for role, role_cfg in pipeline.config.roles.items():
-            n = role_cfg.workers or self.config.max_in_flight
-            tasks += [asyncio.create_task(worker(role)) for _ in range(n)]
+        flush_task = asyncio.create_task(flusher())
         try:
-            for message in pipeline.tasks(sink.finished):
-                if failure:
-                    break
-                if message.status != RUNNING:
-                    finish(message, sink, stats)
-                    continue
-                await slots.acquire()
-                role = pipeline.start(message)
-                self.in_flight += 1
-                if role is None:
-                    done(message)
-                else:
-                    queues[role].put(message)
-            admitting = False
-            stats.skipped = pipeline.skipped
-            if self.in_flight == 0:
-                drained.set()
-            await drained.wait()
-            if failure:
-                raise RuntimeError(f"local runtime failed: {failure[0]!r}") from failure[0]
+            await admission.drive(dispatch)
         finally:
-            for task in tasks:
+            flush_task.cancel()
+            for task in list(tasks):
                 task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.gather(*tasks, return_exceptions=True)
+                await asyncio.gather(flush_task, *tasks, return_exceptions=True)

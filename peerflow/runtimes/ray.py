@@ -39,9 +39,13 @@ Delivery protocol (at-least-once hops, exactly-once records):
    flight that nobody held in two consecutive sweeps is admitted again from its start.
 
 A sink reports finished ids to the driver only after writing them, and a restarted sink
-reports every id in its shard, so admission never waits for a record that exists. Losing
-the driver loses no finished record either: records are in the files, and re-running the
-same command skips their ids (every shard's finished ids are read before admission).
+reports every id this run wrote to its shard, with the stats of their records rebuilt
+from the file, so admission never waits for a record that exists and the summary's
+counts equal the files'. Losing the driver loses no finished record either: records are
+in the files, and re-running the same command reads every shard before admission, skips
+the ids whose newest record is final and re-attempts transient failures. At the end of a
+run the driver removes the old records of re-attempted rows, in whichever shard they are
+(`peerflow.merge`), so every id keeps one record.
 
 Offloading. A step's content longer than `offload_threshold` bytes is put into Ray's object
 store (one object per outgoing batch, owned by the partition's `StoreActor` so an agent's
@@ -55,7 +59,8 @@ writer limits a large cluster; with one sink and one partition the shard is `out
 itself, byte-for-byte what the local runtime writes. Sharded runs list their shards in a
 manifest beside the output, and `peerflow merge OUTPUT` (`peerflow.merge.merge_shards`)
 joins them into one file, one record per id. Sinks run on the driver's node, where the
-output directory is.
+output directory is. The driver holds output.path's lock for the whole run and each sink
+its shard's, so a second run on the same output is refused.
 
 Placement and metrics. Before any actor starts, every role's resource request (CPU, GPU,
 memory, custom resources such as node labels) is checked against the cluster, and actors
@@ -78,12 +83,24 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from peerflow.config import ConfigError, RunConfig, RuntimeConfig
-from peerflow.merge import read_ids, read_manifest, shard_path, write_manifest
+from peerflow.idset import IdSet, id_hash
+from peerflow.merge import (
+    Recovered,
+    compact,
+    drop_superseded,
+    errors_path,
+    read_manifest,
+    shard_path,
+    with_errors,
+    write_manifest,
+)
 from peerflow.message import RUNNING, from_bytes, to_bytes
 from peerflow.pipeline import Pipeline
 from peerflow.services.base import Service
-from peerflow.sink import Sink
+from peerflow.sink import OutputLock, Sink
 from peerflow.stats import Histogram, RoleStats, RunStats
 
 log = logging.getLogger(__name__)
@@ -246,6 +263,109 @@ def merge_stats(dst: RunStats, src: RunStats) -> None:
     room = 5 - len(dst.error_samples)
     if room > 0:
         dst.error_samples.extend(src.error_samples[:room])
+
+
+class _Ledger:
+    """The driver's account of the output: what the files held, and what each sink wrote.
+
+    A sink reports the ids it wrote with the stats of their records; a restarted sink
+    reports its whole run again (`full`, rebuilt from its shard), which replaces what the
+    driver had from it, so the counts equal the files' whatever died when. Re-attempted
+    ids that got a new record are kept (`superseding`) so that their old records, in
+    whichever shard, are compacted away at the end.
+    """
+
+    def __init__(self, stats: RunStats, *, retry_failed: bool):
+        self.stats = stats
+        self.retry_failed = retry_failed
+        self.done = IdSet()  # admission skips these
+        self.retry = IdSet()  # failed rows to re-attempt
+        self.superseding = IdSet()
+        self.found: Counter[str] = Counter()  # records per status when the run began
+        self.failed_in: list[Path] = []
+        self.superseded = 0
+        self.cut_bytes = 0
+        self.per_sink: dict[str, RunStats] = {}
+        self.taken = False  # the files were read (a run can fail before)
+
+    def take(self, recs: list[Recovered]) -> bool:
+        """Take what the files hold; False if an id has records in two of them."""
+        done, retry = IdSet(), IdSet()
+        for rec in recs:
+            kinds = (
+                (rec.ok, done),
+                (rec.permanent, retry if self.retry_failed else done),
+                (rec.transient, retry),
+            )
+            for hashes, into in kinds:
+                if not hashes.size:
+                    continue
+                if done.contains_many(hashes).any() or retry.contains_many(hashes).any():
+                    return False
+                into.update_hashes(hashes, sorted_unique=True)
+        self.done, self.retry = done, retry
+        self.found = Counter()
+        for rec in recs:
+            self.found.update(rec.by_status())
+            self.failed_in.extend(p for p in rec.failed_in if p not in self.failed_in)
+            self.superseded += rec.superseded
+            self.cut_bytes += rec.cut_bytes
+        self.taken = True
+        return True
+
+    def report(
+        self, key: str, full: bool, ids: Any, delta: RunStats, pending: dict[str, Any]
+    ) -> list[str]:
+        """Account one sink's report; returns the pending ids it confirms."""
+        if full:
+            old = self.per_sink.get(key)
+            if old is not None:
+                delta.duplicates += old.duplicates
+            self.per_sink[key] = delta
+            self._recount()
+            hashes = np.asarray(ids, dtype=np.uint64)
+            if len(self.retry) and hashes.size:
+                self.superseding.update_hashes(hashes[self.retry.contains_many(hashes)])
+            tids = list(pending)
+            mine = np.fromiter((id_hash(t) for t in tids), dtype=np.uint64, count=len(tids))
+            return [t for t, hit in zip(tids, np.isin(mine, hashes), strict=True) if hit]
+        part = self.per_sink.get(key)
+        if part is None:
+            part = self.per_sink[key] = RunStats()
+        merge_stats(part, delta)
+        merge_stats(self.stats, delta)
+        if len(self.retry):
+            for tid in ids:
+                h = id_hash(tid)
+                if self.retry.contains_hash(h):
+                    self.superseding.add_hash(h)
+        return ids
+
+    def _recount(self) -> None:
+        s = self.stats
+        s.by_status = defaultdict(int)
+        s.roles = {}
+        s.task_latency = Histogram()
+        s.steps = s.prompt_tokens = s.completion_tokens = s.duplicates = 0
+        s.metric_sums = defaultdict(float)
+        s.metric_counts = defaultdict(int)
+        s.error_samples = []
+        for part in self.per_sink.values():
+            merge_stats(s, part)
+
+    async def compact(self, started: float) -> None:
+        if len(self.superseding):
+            self.superseded += await asyncio.to_thread(
+                drop_superseded, self.failed_in, self.superseding, started
+            )
+
+    def counts(self) -> Counter[str]:
+        """Records per status in the output after the run (one per id)."""
+        counts = Counter(self.found)
+        for status, n in self.stats.by_status.items():
+            counts[status] += n
+        counts["error"] -= len(self.superseding)
+        return +counts
 
 
 # --- metrics -----------------------------------------------------------------------------
@@ -455,6 +575,8 @@ class RayRuntime:
         self.report: dict[str, Any] = {}
         self.handles: dict[str, Any] = {}
         self.run_id = uuid.uuid4().hex[:8]
+        self.started = 0.0  # sinks count records finished since then as this run's
+        self.provenance: dict[str, Any] | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
     def _init_ray(self) -> bool:
@@ -474,7 +596,9 @@ class RayRuntime:
             )
         return True
 
-    async def run(self, pipeline: Pipeline, sink: Sink, stats: RunStats) -> None:
+    async def run(
+        self, pipeline: Pipeline, sink: Sink, stats: RunStats, watch: Any = None
+    ) -> None:
         import ray
 
         self.stats = stats
@@ -482,16 +606,28 @@ class RayRuntime:
         server = None
         try:
             check_placement(pipeline.config, ray.nodes(), ray.available_resources())
-            async with pipeline.running_services() as services:
+            async with pipeline.running_services(watch) as services:
                 if self.config.metrics_port is not None:
                     server = self._serve_metrics(self.config.metrics_port)
-                await self._drive(pipeline, actor_config(pipeline.config, services), sink, stats)
+                with self._output_lock(pipeline.config, sink):
+                    await self._drive(
+                        pipeline, actor_config(pipeline.config, services), sink, stats
+                    )
         finally:
             if server is not None:
                 server.shutdown()
             if started_ray:
                 ray.shutdown()
         self._attach_report(stats)
+
+    @staticmethod
+    def _output_lock(config: RunConfig, sink: Sink) -> contextlib.AbstractContextManager[Any]:
+        """The run holds output.path's lock throughout; the sink opened on it by `run`
+        usually does already, and the shard sinks lock their own shards."""
+        out = config.resolve(config.output.path)
+        if sink.holds_lock and sink.path == out:
+            return contextlib.nullcontext()
+        return OutputLock(out)
 
     def _serve_metrics(self, port: int) -> Any:
         from prometheus_client import CollectorRegistry, start_http_server
@@ -583,6 +719,8 @@ class RayRuntime:
                     shard=str(path),
                     success_only=config.output.success_only,
                     flush_bytes=config.output.flush_bytes,
+                    started=self.started,
+                    provenance=self.provenance,
                     **base,
                 )
                 h = ray.remote(SinkActor).options(name=names[key], **here, **common).remote(spec)
@@ -651,6 +789,9 @@ class RayRuntime:
         rt = self.config
         P, S = rt.partitions, rt.sinks
         out = config.resolve(config.output.path)
+        self.started = time.time()
+        self.provenance = sink.provenance or getattr(pipeline, "provenance", None)
+        ledger = _Ledger(stats, retry_failed=sink.retry_failed)
         handles, kinds, shards = self._create_actors(config, acfg, out)
         self.handles = handles
         closing = False
@@ -686,20 +827,22 @@ class RayRuntime:
             done.set()
 
         def confirm(ids: list[str]) -> None:
-            finished = sink.finished
             for tid in ids:
-                finished.add(tid)
                 if pending.pop(tid, None) is not None:
                     slots.release()
             self.in_flight = len(pending)
             if not admitting and not pending:
                 done.set()
 
-        async def confirm_loop(key: str, handle: Any, inc: str) -> None:
+        sink_keys = [sink_key(p, s) for p in range(P) for s in range(S)]
+        sink_incs: dict[str, str] = {}
+        confirm_loops: list[asyncio.Future[Any]] = []
+
+        async def confirm_loop(key: str, handle: Any) -> None:
             nonlocal faults_seen
             while not closing:
                 try:
-                    inc2, _full, ids, delta = await handle.finished.remote(inc, 1.0)
+                    inc, full, ids, delta = await handle.finished.remote(sink_incs[key], 1.0)
                 except RayActorError:
                     faults_seen = True
                     await asyncio.sleep(0.2)
@@ -707,11 +850,30 @@ class RayRuntime:
                 except RayTaskError as exc:
                     fail(exc)
                     return
-                if inc2 != inc:
+                if inc != sink_incs[key]:
                     faults_seen = True
-                inc = inc2
-                merge_stats(stats, delta)
-                confirm(ids)
+                sink_incs[key] = inc
+                confirm(ledger.report(key, full, ids, delta, pending))
+
+        async def close_sinks() -> bool:
+            """Close every sink and count its last records; True if all closed cleanly."""
+            calls = {
+                key: asyncio.ensure_future(handles[key].close.remote(sink_incs.get(key)))
+                for key in sink_keys
+            }
+            await asyncio.wait(calls.values(), timeout=CLOSE_TIMEOUT)
+            clean = True
+            for key, task in calls.items():
+                if not task.done():
+                    task.cancel()
+                    clean = False
+                elif task.exception() is not None or task.result() is None:
+                    clean = False
+                else:
+                    inc, full, ids, delta = task.result()
+                    sink_incs[key] = inc
+                    confirm(ledger.report(key, full, ids, delta, pending))
+            return clean
 
         async def status_loop() -> None:
             nonlocal faults_seen
@@ -786,33 +948,43 @@ class RayRuntime:
 
         try:
             await self._await_ready(kinds)
-            # Which ids are done already: every current shard, plus shards of earlier runs.
-            opened = await asyncio.gather(
-                *[_retrying(handles[sink_key(p, s)].open) for p in range(P) for s in range(S)]
-            )
-            finished: set[str] = set(sink.finished)
-            incs = []
-            for inc, ids, _cut in opened:
-                finished.update(ids)
-                incs.append(inc)
+            # What the output holds: every current shard, shards of earlier runs, and a
+            # merged output.path; the newest record of each id says if it is done.
+            opened = await asyncio.gather(*[_retrying(handles[key].open) for key in sink_keys])
+            recs: list[Recovered] = []
+            for key, (inc, rec) in zip(sink_keys, opened, strict=True):
+                sink_incs[key] = inc
+                recs.append(rec)
             listed = read_manifest(out)
-            for path in listed:
-                if path not in shards and path != out and path.exists():
-                    finished.update(read_ids(path))
+            others = [
+                p
+                for p in dict.fromkeys([*listed, out])
+                if p not in shards and (p.exists() or errors_path(p).exists())
+            ]
+            if others:
+                recs.append(await asyncio.to_thread(compact, with_errors(others)))
+            if not ledger.take(recs):
+                # An id has records in two files: a crash came between a retried row's
+                # new record and the compaction, and the shard layout changed since.
+                # Compact all files together, with the sinks' files closed meanwhile.
+                handles_ = [handles[key] for key in sink_keys]
+                await asyncio.gather(*[_retrying(h.suspend) for h in handles_])
+                whole = await asyncio.to_thread(compact, with_errors([*shards, *others]))
+                await asyncio.gather(*[_retrying(h.resume) for h in handles_])
+                ledger.take([whole])
+            opened.clear()  # the ledger holds the id sets now
+            recs.clear()
             if len(shards) > 1 or listed:
                 write_manifest(out, shards)
-            sink.finished.update(finished)
-            i = 0
-            for p in range(P):
-                for s in range(S):
-                    key = sink_key(p, s)
-                    loops.append(asyncio.ensure_future(confirm_loop(key, handles[key], incs[i])))
-                    i += 1
+            for key in sink_keys:
+                confirm_loops.append(asyncio.ensure_future(confirm_loop(key, handles[key])))
+            loops.extend(confirm_loops)
             loops.append(asyncio.ensure_future(status_loop()))
             loops.append(asyncio.ensure_future(sweep_loop()))
             courier.start()
-            self.report["finished_before_this_run"] = len(finished)
-            for n, message in enumerate(pipeline.tasks(finished), 1):
+            self.report["finished_before_this_run"] = len(ledger.done)
+            self.report["failed_rows_to_retry"] = len(ledger.retry)
+            for n, message in enumerate(pipeline.tasks(ledger.done), 1):
                 if not await _acquire(slots, done) or failure:
                     break
                 p = partition_of(message.id, P)
@@ -840,11 +1012,26 @@ class RayRuntime:
             await poll_status()  # final numbers for the summary
         finally:
             closing = True
+            # A sink's report in flight is let in: cancelling the call would lose it.
+            waiting = [task for task in confirm_loops if not task.done()]
+            if waiting:
+                await asyncio.wait(waiting, timeout=2 * STATUS_TIMEOUT)
             for task in loops:
                 task.cancel()
             await asyncio.gather(*loops, return_exceptions=True)
             await courier.close()
+            closed = await close_sinks()
             await self._shutdown_actors(kinds)
+            # Re-attempted rows now have a new record: remove their old ones, in whichever
+            # shard they are. Only once every sink has closed its files (else the next
+            # run's open compacts them).
+            if ledger.taken:
+                if closed:
+                    await ledger.compact(self.started)
+                sink.by_status = ledger.counts()
+                sink.cut_bytes += ledger.cut_bytes
+                sink.superseded += ledger.superseded
+                self.report["superseded_records"] = ledger.superseded
             self.report.update(
                 {
                     "partitions": P,

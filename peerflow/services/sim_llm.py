@@ -46,8 +46,10 @@ from typing import Any
 import orjson
 import yaml
 from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
 
-__all__ = ["SimLLMServer", "SimOptions", "build_parser", "main"]
+__all__ = ["SimLLMServer", "SimOptions", "SimServiceOptions", "build_parser", "main"]
 
 SIM_NAME = "peerflow-simulator"
 SIM_HEADER = "X-Peerflow-Simulator"
@@ -122,6 +124,44 @@ class SimOptions:
         rates = (self.error_rate, self.rate_limit_rate, self.garbage_rate)
         if min(rates) < 0 or sum(rates) > 1:
             raise ValueError("fault rates must be >= 0 and sum to at most 1")
+
+
+class SimServiceOptions(BaseModel):
+    """`services.<name>.options` of a `kind: sim` service, checked before the run.
+
+    The names are exactly `SimOptions`' fields (and the CLI flags with dashes),
+    minus `host` and `port`, which the service picks itself. Unknown names are
+    errors: as CLI flags they would crash the server at start, or be taken for
+    another flag they are a prefix of.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_num_seqs: int = Field(default=256, ge=1)
+    kv_capacity: int = Field(default=262144, ge=1)
+    prefill_ms_per_1k: float = Field(default=2.0, ge=0)
+    step_base_ms: float = Field(default=6.0, ge=0)
+    step_per_seq_ms: float = Field(default=0.04, ge=0)
+    time_scale: float = Field(default=1.0, ge=0)
+    output_median: float = Field(default=180.0, gt=0)
+    output_sigma: float = Field(default=0.8, ge=0)
+    default_max_tokens: int = Field(default=1024, ge=1)
+    seed: int = 0
+    script: str = "lorem"
+    agree_after: int = Field(default=2, ge=0)
+    error_rate: float = Field(default=0.0, ge=0, le=1)
+    rate_limit_rate: float = Field(default=0.0, ge=0, le=1)
+    retry_after: float = Field(default=1.0, ge=0)
+    garbage_rate: float = Field(default=0.0, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _whole(self) -> SimServiceOptions:
+        """The checks `SimOptions` and the script loader make when the server starts."""
+        try:
+            load_script(SimOptions(**self.model_dump()))
+        except (OSError, ValueError, yaml.YAMLError) as exc:
+            raise PydanticCustomError("sim_options", "{msg}", {"msg": str(exc)}) from None
+        return self
 
 
 # ------------------------------------------------------------------------------ text
@@ -588,6 +628,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = SimOptions()
     p = argparse.ArgumentParser(
         prog="peerflow sim-llm",
+        allow_abbrev=False,  # `--seed` must never be taken for another flag's prefix
         description="Serve a SIMULATED OpenAI-compatible LLM: continuous-batching timing with "
                     "filler text. A measuring instrument for benchmarks and tests, not a model.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
