@@ -29,8 +29,9 @@ from peerflow.recipes.coral import _TEXT, LETTERS
 from peerflow.run import run_async
 
 
-def coral_dummy_config(data: Path, out: Path, max_in_flight: int) -> RunConfig:
-    speaker = {"agent": "peerflow.recipes.coral:DummySpeaker", "workers": 1}
+def coral_dummy_config(data: Path, out: Path, max_in_flight: int | None = None) -> RunConfig:
+    """The shipped defaults everywhere; only `max_in_flight` may be set (and is printed)."""
+    speaker = {"agent": "peerflow.recipes.coral:DummySpeaker"}
     return RunConfig.model_validate(
         {
             "name": "coral-dummy",
@@ -43,12 +44,8 @@ def coral_dummy_config(data: Path, out: Path, max_in_flight: int) -> RunConfig:
             "roles": {
                 "teacher": speaker,
                 "student": speaker,
-                "extractor": {"agent": "peerflow.recipes.coral:DummyExtractor", "workers": 1},
-                "matcher": {
-                    "agent": "function",
-                    "function": "peerflow.recipes.coral:match",
-                    "workers": 1,
-                },
+                "extractor": {"agent": "peerflow.recipes.coral:DummyExtractor"},
+                "matcher": {"agent": "function", "function": "peerflow.recipes.coral:match"},
             },
             "workflow": {
                 "kind": "loop",
@@ -57,7 +54,11 @@ def coral_dummy_config(data: Path, out: Path, max_in_flight: int) -> RunConfig:
                 "until": "peerflow.recipes.coral:finished",
                 "roles": ["teacher", "extractor", "matcher", "student", "extractor", "matcher"],
             },
-            "runtime": {"kind": "local", "max_in_flight": max_in_flight, "progress": False},
+            "runtime": {
+                "kind": "local",
+                "progress": False,
+                **({} if max_in_flight is None else {"max_in_flight": max_in_flight}),
+            },
             "output": {"path": str(out)},
             "metrics": "peerflow.recipes.coral:metrics",
         }
@@ -151,13 +152,21 @@ async def bare_asyncio(rows: int, out: Path, in_flight: int) -> tuple[int, float
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=20000)
-    parser.add_argument("--max-in-flight", type=int, default=1000)
+    parser.add_argument(
+        "--max-in-flight",
+        type=int,
+        default=None,
+        help="tasks in flight for both loops (default: peerflow's default, runtime.max_in_flight)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "rows.jsonl"
         write_rows(data, args.rows)
         out = Path(tmp) / "out.jsonl"
         config = coral_dummy_config(data, out, args.max_in_flight)
+        in_flight = config.runtime.max_in_flight
+        knob = "default" if args.max_in_flight is None else "set by --max-in-flight"
+        print(f"settings: shipped defaults; max_in_flight {in_flight} ({knob}), same for both")
         pipeline = Pipeline(config)
         t0 = time.perf_counter()
         summary = await run_async(config, pipeline=pipeline, progress=False)
@@ -171,9 +180,7 @@ async def main() -> None:
             f"= {pf_rate:,.0f} steps/s, {args.rows / wall:,.0f} tasks/s; "
             f"{lines} records, {mb:.1f} MB written"
         )
-        b_steps, b_wall = await bare_asyncio(
-            args.rows, Path(tmp) / "bare.jsonl", args.max_in_flight
-        )
+        b_steps, b_wall = await bare_asyncio(args.rows, Path(tmp) / "bare.jsonl", in_flight)
         b_rate = b_steps / b_wall
         print(
             f"bare asyncio loop:      {args.rows} tasks, {b_steps} steps in {b_wall:.2f} s "

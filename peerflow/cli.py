@@ -59,6 +59,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"peerflow: configuration error:\n{exc}", file=sys.stderr)
         return EXIT_CONFIG
+    except Exception as exc:  # a bug in a user's module, say: still no traceback
+        print(
+            f"peerflow: the run could not be set up: {type(exc).__name__}: {exc}", file=sys.stderr
+        )
+        if os.environ.get("PEERFLOW_DEBUG"):
+            raise
+        return EXIT_CONFIG
     try:
         summary = run(
             config,
@@ -121,10 +128,20 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_merge(args: argparse.Namespace) -> int:
     from peerflow.merge import merge_shards
+    from peerflow.sink import OutputBusy
 
-    result = merge_shards(args.output, keep_shards=args.keep_shards)
-    print(f"merged {len(result.inputs)} file(s) into {result.output}: {result.records} records, "
-          f"{result.duplicates} duplicate ids dropped, {len(result.removed)} shard file(s) removed")
+    try:
+        result = merge_shards(args.output, keep_shards=args.keep_shards)
+    except OutputBusy as exc:
+        print(f"peerflow: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"peerflow: cannot merge {args.output}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    print(
+        f"merged {len(result.inputs)} file(s) into {result.output}: {result.records} records, "
+        f"{result.duplicates} duplicate ids dropped, {len(result.removed)} shard file(s) removed"
+    )
     return 0
 
 

@@ -45,7 +45,7 @@ class IdSet:
         return self._count
 
     def __contains__(self, task_id: object) -> bool:
-        if not isinstance(task_id, str):
+        if not self._count or not isinstance(task_id, str):
             return False
         return self.contains_hash(id_hash(task_id))
 

@@ -87,10 +87,9 @@ class Pipeline:
                 )
             self.agent_specs[role] = (cls, options)
         self.task_template = None
-        try:
+        # A syntax error here is reported once, with every other template's, below.
+        with contextlib.suppress(ValueError):
             self.task_template = compile_template(config.task.message, "task.message")
-        except ValueError as exc:
-            errors.append((("task", "message"), str(exc)))
         self.metrics_fn = None
         if config.metrics:
             found = checks.callable_errors(config.metrics, "metrics", ("metrics",))

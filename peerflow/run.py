@@ -102,7 +102,12 @@ async def run_async(
         flush_bytes=config.output.flush_bytes,
         retry_failed=retry_failed,
     )
-    sink.open()  # takes the output's lock first: a second run on it stops here
+    try:
+        sink.open()  # takes the output's lock first: a second run on it stops here
+    except OSError as exc:
+        raise config.error(
+            [(("output", "path"), f"cannot open {exc.filename or out}: {exc.strerror or exc}")]
+        ) from None
     try:
         check_fingerprint(out, fingerprint, __version__, force=force)
     except BaseException:

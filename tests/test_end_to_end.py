@@ -203,3 +203,74 @@ def test_coral_on_the_embedded_real_model(tmp_path: Path) -> None:
     assert teacher["model"] and "simulator" not in teacher["model"]
     assert summary["tokens"]["completion"] > 0
     assert "embedded model" in summary["services"]["llm"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start_sim(port: int, *args: str) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "peerflow.cli", "sim-llm", "--port", str(port), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return proc
+        time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("the simulator did not start")
+
+
+@pytest.mark.slow
+def test_an_outage_pauses_then_stops_and_the_rerun_after_recovery_ends_all_ok(
+    tmp_path: Path,
+) -> None:
+    """The server dies mid-run: admission pauses, the outage outlasts its limit, the run
+    stops with exit 3 and no row burnt into an error; once the server is back, the same
+    command finishes every row ok, one record each."""
+    port = _free_port()
+    out = tmp_path / "o.jsonl"
+    cmd = [
+        sys.executable, "-m", "peerflow.cli", "run", str(CORAL / "coral_sim.yaml"),
+        "dataset.limit=300",
+        f"output.path={out}",
+        "runtime.progress=false",
+        "runtime.outage_timeout=3",
+        "runtime.max_in_flight=16",
+        f"services.llm={{kind: openai, model: sim, endpoints: ['http://127.0.0.1:{port}/v1'], "
+        "max_retries: 1, backoff: 0.01, timeout: 5}",
+    ]  # fmt: skip
+    sim = _start_sim(port, "--script", "coral", "--time-scale", "0.3")
+    try:
+        run = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 60
+        while time.time() < deadline and (not out.exists() or out.stat().st_size == 0):
+            time.sleep(0.05)
+        time.sleep(0.5)
+    finally:
+        sim.kill()
+        sim.wait()
+    _, stderr = run.communicate(timeout=120)
+    assert run.returncode == 3, stderr
+    assert "Traceback" not in stderr
+    assert "paused" in stderr
+    first = records(out)
+    assert 0 < len(first) < 300
+    assert all(r["status"] == "ok" for r in first), [r["error"] for r in first if r["error"]]
+
+    sim = _start_sim(port, "--script", "coral", "--time-scale", "0")
+    try:
+        again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    finally:
+        sim.kill()
+        sim.wait()
+    assert again.returncode == 0, again.stderr
+    recs = records(out)
+    assert len(recs) == 300 and len({r["id"] for r in recs}) == 300
+    assert all(r["status"] == "ok" for r in recs)

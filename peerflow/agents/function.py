@@ -34,6 +34,11 @@ class FunctionAgent(Agent):
         self.fn = load_object(options.function, what=f"roles.{role}.function")
         self.is_async = inspect.iscoroutinefunction(self.fn)
         self.args = options.args
+        if not self.is_async:
+            self.process = self.call  # type: ignore[method-assign]  # runs inline
+
+    def call(self, message: Message, request: Any) -> Any:
+        return self.fn(message, **self.args)
 
     async def process(self, message: Message, request: Any) -> Any:
         if self.is_async:

@@ -45,10 +45,16 @@ def extract_answer(message: Message, text: str) -> dict[str, Any]:
 def latest_answers(message: Message) -> dict[str, str | None]:
     """Each speaker's latest extracted answer; an unclear later turn keeps the earlier one."""
     answers: dict[str, str | None] = {"teacher": None, "student": None}
-    for step in message.history:
+    missing = 2
+    for step in reversed(message.history):  # newest first: usually done within a turn
         data = step.data
         if data and step.role == "extractor" and data.get("answer"):
-            answers[data["speaker"]] = data["answer"]
+            speaker = data["speaker"]
+            if answers.get(speaker, "") is None:
+                answers[speaker] = data["answer"]
+                missing -= 1
+                if not missing:
+                    break
     return answers
 
 
@@ -114,7 +120,7 @@ class DummySpeaker(Agent):
     Options = DummySpeakerOptions
     options: DummySpeakerOptions
 
-    async def process(self, message: Message, request: Any) -> Step:
+    def process(self, message: Message, request: Any) -> Step:  # type: ignore[override]
         # Draws come from a hash of (task seed, hop), not a shared RNG, so a task's dialogue
         # is the same whichever process or runtime runs it.
         o = self.options
@@ -139,7 +145,7 @@ def _mix(a: int, b: int) -> int:
 class DummyExtractor(Agent):
     """Reads the letter the dummy speaker put at the end of its text."""
 
-    async def process(self, message: Message, request: Any) -> Step:
+    def process(self, message: Message, request: Any) -> Step:  # type: ignore[override]
         speaker = message.history[-1]
         content = speaker.content or ""
         return Step(

@@ -132,14 +132,20 @@ class LocalRuntime:
         async def worker(inbox: Inbox, agent: Agent) -> None:
             inbox.coming -= 1
             items = inbox.items
+            inline = agent.inline
+            run_inline = agent.run_inline
             try:
                 while True:
-                    # The common case without a coroutine: a message is already waiting.
-                    if items and inbox.coming == 0 and len(items) == 1:
+                    if items:  # `Inbox.get` inline: no coroutine when a message waits
                         message = items.popleft()
+                        if items and not inbox.coming:
+                            inbox.call_help()
                     else:
                         message = await inbox.get()
-                    message.history.append(await agent.run(message))
+                    if inline:
+                        message.history.append(run_inline(message))
+                    else:
+                        message.history.append(await agent.run(message))
                     nxt = advance(message)
                     if nxt is None:
                         finish(message)
