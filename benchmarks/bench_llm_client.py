@@ -108,8 +108,7 @@ def main() -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = mp.get_context("fork").Process(target=_serve, args=(sock, args.uvloop),
-                                            daemon=True)
+    server = mp.get_context("fork").Process(target=_serve, args=(sock, args.uvloop), daemon=True)
     server.start()
     sock.close()
     try:
@@ -117,14 +116,15 @@ def main() -> None:
             import uvloop
 
             uvloop.install()
-        rate = asyncio.run(_bench(f"http://127.0.0.1:{port}/v1", args.requests,
-                                  args.concurrency))
+        rate = asyncio.run(_bench(f"http://127.0.0.1:{port}/v1", args.requests, args.concurrency))
     finally:
         server.terminate()
         server.join(5)
     loop = "uvloop" if args.uvloop else "asyncio"
-    print(f"{rate:,.0f} req/s  ({args.requests} requests, {args.concurrency} in flight, "
-          f"{loop}, cpus={os.cpu_count()})")
+    print(
+        f"{rate:,.0f} req/s  ({args.requests} requests, {args.concurrency} in flight, "
+        f"{loop}, cpus={os.cpu_count()})"
+    )
 
 
 if __name__ == "__main__":

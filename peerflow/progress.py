@@ -17,12 +17,25 @@ def console(text: str) -> None:
     tqdm.write(f"peerflow: {text}", file=sys.stderr)
 
 
-async def show_progress(stats: RunStats, in_flight: Callable[[], int], *, total: int | None,
-                        label: str, interval: float = 0.5) -> None:
+async def show_progress(
+    stats: RunStats,
+    in_flight: Callable[[], int],
+    *,
+    total: int | None,
+    label: str,
+    interval: float = 0.5,
+) -> None:
     """Runs until cancelled; the caller cancels it when the run ends."""
     tty = sys.stderr.isatty()
-    bar = tqdm(total=total, desc=label, unit="task", dynamic_ncols=True, file=sys.stderr,
-               mininterval=interval if tty else 10.0, smoothing=0.1)
+    bar = tqdm(
+        total=total,
+        desc=label,
+        unit="task",
+        dynamic_ncols=True,
+        file=sys.stderr,
+        mininterval=interval if tty else 10.0,
+        smoothing=0.1,
+    )
     last_t, last_tokens = time.time(), 0
     try:
         while True:
@@ -32,8 +45,10 @@ async def show_progress(stats: RunStats, in_flight: Callable[[], int], *, total:
             tokens = stats.completion_tokens
             tok_rate = (tokens - last_tokens) / max(now - last_t, 1e-9)
             last_t, last_tokens = now, tokens
-            bar.set_postfix_str(f"tok/s={tok_rate:,.0f} in_flight={in_flight()} "
-                                f"errors={stats.errors}", refresh=False)
+            bar.set_postfix_str(
+                f"tok/s={tok_rate:,.0f} in_flight={in_flight()} errors={stats.errors}",
+                refresh=False,
+            )
             bar.update(done - bar.n)
     finally:
         bar.update(stats.done - bar.n)

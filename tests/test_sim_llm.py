@@ -21,8 +21,10 @@ import pytest
 from peerflow.services.sim_llm import SimLLMServer, SimOptions, build_parser, main
 
 ROOT = Path(__file__).resolve().parents[1]
-QUESTION = ("Question: Which gas do plants absorb?\n\nOptions:\n"
-            "A. Oxygen\nB. Carbon dioxide\nC. Helium\nD. Neon\n")
+QUESTION = (
+    "Question: Which gas do plants absorb?\n\nOptions:\n"
+    "A. Oxygen\nB. Carbon dioxide\nC. Helium\nD. Neon\n"
+)
 TEACHER = "You are a teacher discussing a multiple-choice question with a student."
 STUDENT = "You are a student discussing a multiple-choice question with your teacher."
 EXTRACTOR = "You are an answer extractor. Report the final option letter."
@@ -55,8 +57,11 @@ def chat_body(content: str = "Tell me about rivers.", **extra: Any) -> dict[str,
     return {"model": "m", "messages": [{"role": "user", "content": content}], **extra}
 
 
-async def post(server: SimLLMServer, session: aiohttp.ClientSession, body: Any,
-               ) -> tuple[int, dict[str, Any]]:
+async def post(
+    server: SimLLMServer,
+    session: aiohttp.ClientSession,
+    body: Any,
+) -> tuple[int, dict[str, Any]]:
     async with session.post(f"{server.url}/chat/completions", json=body) as resp:
         return resp.status, await resp.json(content_type=None)
 
@@ -104,9 +109,10 @@ async def test_identical_requests_identical_replies_under_concurrency(sim: Sim) 
     body = chat_body(seed=7)
     async with sim() as (server, session):
         first = await reply(server, session, body)
-        others = await asyncio.gather(*(reply(server, session, body) for _ in range(20)),
-                                      *(reply(server, session, chat_body(f"q{i}"))
-                                        for i in range(20)))
+        others = await asyncio.gather(
+            *(reply(server, session, body) for _ in range(20)),
+            *(reply(server, session, chat_body(f"q{i}")) for i in range(20)),
+        )
     for data in others[:20]:
         assert text_of(data) == text_of(first)
         assert data["usage"] == first["usage"]
@@ -125,10 +131,12 @@ async def test_seeds_change_the_reply(sim: Sim) -> None:
 
 
 async def test_usage_is_consistent(sim: Sim) -> None:
-    messages = [{"role": "system", "content": "Be brief."},
-                {"role": "user", "content": "x" * 1001},
-                {"role": "assistant", "content": [{"type": "text", "text": "y" * 40}]},
-                {"role": "user", "content": "and?"}]
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "x" * 1001},
+        {"role": "assistant", "content": [{"type": "text", "text": "y" * 40}]},
+        {"role": "user", "content": "and?"},
+    ]
     async with sim() as (server, session):
         lengths = []
         for seed in range(30):
@@ -161,13 +169,18 @@ async def test_max_tokens_caps_length(sim: Sim) -> None:
 async def test_bad_requests_get_openai_style_400(sim: Sim) -> None:
     async with sim() as (server, session):
         url = f"{server.url}/chat/completions"
-        bodies: list[bytes] = [b"{not json", b"[]", orjson.dumps({"model": "m"}),
-                               orjson.dumps({"messages": []}),
-                               orjson.dumps(chat_body(stream=True)),
-                               orjson.dumps(chat_body(max_tokens=0))]
+        bodies: list[bytes] = [
+            b"{not json",
+            b"[]",
+            orjson.dumps({"model": "m"}),
+            orjson.dumps({"messages": []}),
+            orjson.dumps(chat_body(stream=True)),
+            orjson.dumps(chat_body(max_tokens=0)),
+        ]
         for raw in bodies:
-            async with session.post(url, data=raw,
-                                    headers={"Content-Type": "application/json"}) as resp:
+            async with session.post(
+                url, data=raw, headers={"Content-Type": "application/json"}
+            ) as resp:
                 assert resp.status == 400, raw
                 assert resp.headers["X-Peerflow-Simulator"] == "1"
                 error = (await resp.json())["error"]
@@ -181,8 +194,13 @@ async def test_bad_requests_get_openai_style_400(sim: Sim) -> None:
 
 async def test_coral_extractor_takes_last_answer(sim: Sim) -> None:
     def extract(text: str) -> dict[str, Any]:
-        return {"messages": [{"role": "system", "content": EXTRACTOR},
-                             {"role": "user", "content": text}], "max_tokens": 32}
+        return {
+            "messages": [
+                {"role": "system", "content": EXTRACTOR},
+                {"role": "user", "content": text},
+            ],
+            "max_tokens": 32,
+        }
 
     cases = {
         "I first thought the answer is (B). On reflection the answer is (D).": "(D)",
@@ -208,8 +226,9 @@ def add_user(chat: list[dict[str, str]], content: str) -> None:
         chat.append({"role": "user", "content": content})
 
 
-async def debate(server: SimLLMServer, session: aiohttp.ClientSession, question: str,
-                 rounds: int) -> list[tuple[str, str]]:
+async def debate(
+    server: SimLLMServer, session: aiohttp.ClientSession, question: str, rounds: int
+) -> list[tuple[str, str]]:
     """Teacher and student alternate; returns (speaker, final letter) per turn."""
     turns: list[tuple[str, str]] = []
     for _ in range(rounds):
@@ -245,23 +264,26 @@ async def test_coral_debate_converges_after_agree_after(sim: Sim) -> None:
             early_disagreements += letters[0][1] != letters[1][1]
         assert early_disagreements > 0  # before agree_after the speakers answer independently
         assert len(consensus) > 1  # the consensus letter depends on the question
-        again = await debate(server, session, QUESTION.replace("plants", "plants in garden 0"),
-                             rounds=3)
+        again = await debate(
+            server, session, QUESTION.replace("plants", "plants in garden 0"), rounds=3
+        )
         assert again[5][1] in consensus
 
 
 async def test_coral_without_option_list_defaults_to_ten_letters(sim: Sim) -> None:
     async with sim(script="coral", agree_after=1) as (server, session):
-        letters = await debate(server, session, "Question: pick any letter, no options given.",
-                               rounds=2)
+        letters = await debate(
+            server, session, "Question: pick any letter, no options given.", rounds=2
+        )
     assert letters[2][1] == letters[3][1]
     assert all(letter in "ABCDEFGHIJ" for _, letter in letters)
 
 
 async def test_rules_file_script(sim: Sim, tmp_path: Path) -> None:
     rules = tmp_path / "rules.yaml"
-    rules.write_text('- match: "(?i)weather"\n  reply: "Sunny. {filler}"\n'
-                     '- match: "^ping$"\n  reply: "pong"\n')
+    rules.write_text(
+        '- match: "(?i)weather"\n  reply: "Sunny. {filler}"\n- match: "^ping$"\n  reply: "pong"\n'
+    )
     async with sim(script=str(rules), output_median=20, output_sigma=0.0) as (server, session):
         assert text_of(await reply(server, session, chat_body("ping"))) == "pong"
         weather = text_of(await reply(server, session, chat_body("What WEATHER today?")))
@@ -282,14 +304,21 @@ async def test_rules_file_script(sim: Sim, tmp_path: Path) -> None:
 
 async def timed_batch(server: SimLLMServer, session: aiohttp.ClientSession, n: int) -> float:
     t0 = time.perf_counter()
-    results = await asyncio.gather(*(reply(server, session, chat_body(f"request {i}"))
-                                     for i in range(n)))
+    results = await asyncio.gather(
+        *(reply(server, session, chat_body(f"request {i}")) for i in range(n))
+    )
     assert all(r["usage"]["completion_tokens"] == 40 for r in results)
     return time.perf_counter() - t0
 
 
-TIMED = {"time_scale": 1.0, "step_base_ms": 2.0, "step_per_seq_ms": 0.01,
-         "prefill_ms_per_1k": 1.0, "output_median": 40, "output_sigma": 0.0}
+TIMED = {
+    "time_scale": 1.0,
+    "step_base_ms": 2.0,
+    "step_per_seq_ms": 0.01,
+    "prefill_ms_per_1k": 1.0,
+    "output_median": 40,
+    "output_sigma": 0.0,
+}
 
 
 async def test_continuous_batching_overlaps_requests(sim: Sim) -> None:
@@ -338,8 +367,9 @@ async def test_kv_capacity_serialises(sim: Sim) -> None:
 async def test_time_scale_zero_keeps_up_with_many_clients(sim: Sim) -> None:
     async with sim(output_sigma=0.0, max_num_seqs=64) as (server, session):
         t0 = time.perf_counter()
-        results = await asyncio.gather(*(reply(server, session, chat_body(f"r{i}"))
-                                         for i in range(300)))
+        results = await asyncio.gather(
+            *(reply(server, session, chat_body(f"r{i}")) for i in range(300))
+        )
         elapsed = time.perf_counter() - t0
         stats = server.stats()
     assert len(results) == stats["completed"] == 300
@@ -362,16 +392,20 @@ async def test_injected_server_error(sim: Sim) -> None:
 
 
 async def test_injected_rate_limit_with_retry_after(sim: Sim) -> None:
-    async with sim(rate_limit_rate=1.0, retry_after=2) as (server, session), session.post(
-            f"{server.url}/chat/completions", json=chat_body()) as resp:
+    async with (
+        sim(rate_limit_rate=1.0, retry_after=2) as (server, session),
+        session.post(f"{server.url}/chat/completions", json=chat_body()) as resp,
+    ):
         assert resp.status == 429
         assert resp.headers["Retry-After"] == "2"
         assert resp.headers["X-Peerflow-Simulator"] == "1"
 
 
 async def test_injected_garbage_body(sim: Sim) -> None:
-    async with sim(garbage_rate=1.0) as (server, session), session.post(
-            f"{server.url}/chat/completions", json=chat_body()) as resp:
+    async with (
+        sim(garbage_rate=1.0) as (server, session),
+        session.post(f"{server.url}/chat/completions", json=chat_body()) as resp,
+    ):
         assert resp.status == 200
         raw = await resp.read()
     with pytest.raises(json.JSONDecodeError):
@@ -394,8 +428,9 @@ async def test_fault_rates_are_reproducible(sim: Sim) -> None:
 def test_parser_matches_options() -> None:
     args = build_parser().parse_args([])
     assert SimOptions(**vars(args)) == SimOptions()
-    args = build_parser().parse_args(["--max-num-seqs", "8", "--time-scale", "0",
-                                      "--script", "coral", "--retry-after", "3"])
+    args = build_parser().parse_args(
+        ["--max-num-seqs", "8", "--time-scale", "0", "--script", "coral", "--retry-after", "3"]
+    )
     opts = SimOptions(**vars(args))
     assert (opts.max_num_seqs, opts.time_scale, opts.script, opts.retry_after) == (8, 0, "coral", 3)
 
@@ -413,16 +448,25 @@ def test_main_rejects_missing_script(capsys: pytest.CaptureFixture[str]) -> None
 
 
 async def test_command_line_server_prints_port() -> None:
-    proc = subprocess.Popen([sys.executable, "-m", "peerflow.services.sim_llm", "--port", "0",
-                             "--time-scale", "0"], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "peerflow.services.sim_llm", "--port", "0", "--time-scale", "0"],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
     try:
         assert proc.stdout is not None
         line = await asyncio.to_thread(proc.stdout.readline)
-        found = re.fullmatch(r"peerflow sim-llm \(SIMULATOR, not a model\) listening on "
-                             r"(http://127\.0\.0\.1:\d+/v1)\n", line)
+        found = re.fullmatch(
+            r"peerflow sim-llm \(SIMULATOR, not a model\) listening on "
+            r"(http://127\.0\.0\.1:\d+/v1)\n",
+            line,
+        )
         assert found, line
-        async with aiohttp.ClientSession() as session, session.post(
-                found.group(1) + "/chat/completions", json=chat_body()) as resp:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(found.group(1) + "/chat/completions", json=chat_body()) as resp,
+        ):
             assert resp.status == 200
             assert (await resp.json())["model"] == "peerflow-simulator/m"
     finally:

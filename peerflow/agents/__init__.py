@@ -10,8 +10,15 @@ from peerflow.loading import load_object
 
 BUILTIN_AGENTS: dict[str, type[Agent]] = {"llm": LLMAgent, "function": FunctionAgent}
 
-__all__ = ["BUILTIN_AGENTS", "Agent", "AgentOptions", "FunctionAgent", "LLMAgent", "agent_class",
-           "to_step"]
+__all__ = [
+    "BUILTIN_AGENTS",
+    "Agent",
+    "AgentOptions",
+    "FunctionAgent",
+    "LLMAgent",
+    "agent_class",
+    "to_step",
+]
 
 
 def agent_class(name: str, *, role: str) -> type[Agent]:

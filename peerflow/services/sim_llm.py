@@ -116,11 +116,18 @@ class SimOptions:
         # Fail at startup: a bad value would otherwise surface as a hang or a crashed engine.
         if self.max_num_seqs < 1 or self.kv_capacity < 1 or self.default_max_tokens < 1:
             raise ValueError("max_num_seqs, kv_capacity and default_max_tokens must be >= 1")
-        costs = (self.prefill_ms_per_1k, self.step_base_ms, self.step_per_seq_ms,
-                 self.time_scale, self.output_sigma, self.retry_after)
+        costs = (
+            self.prefill_ms_per_1k,
+            self.step_base_ms,
+            self.step_per_seq_ms,
+            self.time_scale,
+            self.output_sigma,
+            self.retry_after,
+        )
         if min(costs) < 0 or self.output_median <= 0:
-            raise ValueError("costs, time_scale, output_sigma and retry_after must be >= 0 "
-                             "and output_median > 0")
+            raise ValueError(
+                "costs, time_scale, output_sigma and retry_after must be >= 0 and output_median > 0"
+            )
         rates = (self.error_rate, self.rate_limit_rate, self.garbage_rate)
         if min(rates) < 0 or sum(rates) > 1:
             raise ValueError("fault rates must be >= 0 and sum to at most 1")
@@ -180,8 +187,7 @@ def filler(rng: random.Random, tokens: int) -> str:
     """About `4 * tokens` characters of capitalised nonsense sentences on one line."""
     n = max(1, round(4 * tokens / _AVG_WORD_CHARS))
     words = rng.choices(_VOCAB, k=n)
-    sentences = [" ".join(words[i:i + _SENTENCE_WORDS])
-                 for i in range(0, n, _SENTENCE_WORDS)]
+    sentences = [" ".join(words[i : i + _SENTENCE_WORDS]) for i in range(0, n, _SENTENCE_WORDS)]
     return " ".join(s[0].upper() + s[1:] + "." for s in sentences)
 
 
@@ -192,8 +198,11 @@ def _content_text(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return "".join(p.get("text") or "" for p in content
-                       if isinstance(p, dict) and isinstance(p.get("text", ""), str))
+        return "".join(
+            p.get("text") or ""
+            for p in content
+            if isinstance(p, dict) and isinstance(p.get("text", ""), str)
+        )
     raise ValueError("message content must be a string, a list of parts or null")
 
 
@@ -376,8 +385,9 @@ class _Engine:
     def _fits(self, seq: _Seq) -> bool:
         if not self.running:
             return True  # even an oversized request runs alone rather than block forever
-        return (len(self.running) < self.o.max_num_seqs
-                and self.kv_used + seq.kv <= self.o.kv_capacity)
+        return (
+            len(self.running) < self.o.max_num_seqs and self.kv_used + seq.kv <= self.o.kv_capacity
+        )
 
     def _wake(self, value: bool) -> None:
         if self.wakeup is not None and not self.wakeup.done():
@@ -472,14 +482,17 @@ class _Engine:
 
 
 def _json(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(body=orjson.dumps(payload), status=status, headers=headers,
-                        content_type="application/json")
+    return web.Response(
+        body=orjson.dumps(payload), status=status, headers=headers, content_type="application/json"
+    )
 
 
-def _error(status: int, message: str, kind: str, headers: dict[str, str] | None = None
-           ) -> web.Response:
-    return _json({"error": {"message": message, "type": kind, "param": None, "code": None}},
-                 status, headers)
+def _error(
+    status: int, message: str, kind: str, headers: dict[str, str] | None = None
+) -> web.Response:
+    return _json(
+        {"error": {"message": message, "type": kind, "param": None, "code": None}}, status, headers
+    )
 
 
 class SimLLMServer:
@@ -497,9 +510,16 @@ class SimLLMServer:
         self.url: str | None = None
         self.port: int | None = None
         self.started = time.time()
-        self.counters = {"requests": 0, "completed": 0, "bad_requests": 0, "errors_injected": 0,
-                         "rate_limited_injected": 0, "garbage_injected": 0,
-                         "prompt_tokens": 0, "completion_tokens": 0}
+        self.counters = {
+            "requests": 0,
+            "completed": 0,
+            "bad_requests": 0,
+            "errors_injected": 0,
+            "rate_limited_injected": 0,
+            "garbage_injected": 0,
+            "prompt_tokens": 0,
+            "completion_tokens": 0,
+        }
         self._runner: web.AppRunner | None = None
 
     def app(self) -> web.Application:
@@ -555,8 +575,9 @@ class SimLLMServer:
         response.headers[SIM_HEADER] = "1"
 
     async def _models(self, request: web.Request) -> web.Response:
-        return _json({"object": "list",
-                      "data": [{"id": SIM_NAME, "object": "model", "owned_by": SIM_NAME}]})
+        return _json(
+            {"object": "list", "data": [{"id": SIM_NAME, "object": "model", "owned_by": SIM_NAME}]}
+        )
 
     async def _health(self, request: web.Request) -> web.Response:
         return _json({"status": "ok", "simulator": True})
@@ -575,12 +596,18 @@ class SimLLMServer:
         if u < o.error_rate + o.rate_limit_rate:
             self.counters["rate_limited_injected"] += 1
             after = f"{o.retry_after:g}"
-            return _error(429, "peerflow-simulator: injected rate limit", "rate_limit_error",
-                          {"Retry-After": after})
+            return _error(
+                429,
+                "peerflow-simulator: injected rate limit",
+                "rate_limit_error",
+                {"Retry-After": after},
+            )
         if u < o.error_rate + o.rate_limit_rate + o.garbage_rate:
             self.counters["garbage_injected"] += 1
-            return web.Response(body=b'{"id": "chatcmpl-sim", "choices": [{"index": 0, "mes',
-                                content_type="application/json")
+            return web.Response(
+                body=b'{"id": "chatcmpl-sim", "choices": [{"index": 0, "mes',
+                content_type="application/json",
+            )
         return None
 
     async def _chat(self, request: web.Request) -> web.Response:
@@ -604,20 +631,27 @@ class SimLLMServer:
         self.counters["completed"] += 1
         self.counters["prompt_tokens"] += chat.prompt_tokens
         self.counters["completion_tokens"] += tokens
-        return _json({
-            "id": f"chatcmpl-sim-{number:x}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": f"{SIM_NAME}/{chat.model}",
-            "system_fingerprint": SIM_NAME,
-            "choices": [{
-                "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "finish_reason": "length" if tokens == chat.max_tokens else "stop",
-            }],
-            "usage": {"prompt_tokens": chat.prompt_tokens, "completion_tokens": tokens,
-                      "total_tokens": chat.prompt_tokens + tokens},
-        })
+        return _json(
+            {
+                "id": f"chatcmpl-sim-{number:x}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": f"{SIM_NAME}/{chat.model}",
+                "system_fingerprint": SIM_NAME,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": text},
+                        "finish_reason": "length" if tokens == chat.max_tokens else "stop",
+                    }
+                ],
+                "usage": {
+                    "prompt_tokens": chat.prompt_tokens,
+                    "completion_tokens": tokens,
+                    "total_tokens": chat.prompt_tokens + tokens,
+                },
+            }
+        )
 
 
 # ------------------------------------------------------------------------------- CLI
@@ -630,41 +664,80 @@ def build_parser() -> argparse.ArgumentParser:
         prog="peerflow sim-llm",
         allow_abbrev=False,  # `--seed` must never be taken for another flag's prefix
         description="Serve a SIMULATED OpenAI-compatible LLM: continuous-batching timing with "
-                    "filler text. A measuring instrument for benchmarks and tests, not a model.",
+        "filler text. A measuring instrument for benchmarks and tests, not a model.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add = p.add_argument
     add("--host", default=d.host)
     add("--port", type=int, default=d.port, help="0 picks a free port (printed at startup)")
     g = p.add_argument_group("engine timing")
-    g.add_argument("--max-num-seqs", type=int, default=d.max_num_seqs,
-                   help="sequences decoded together; the rest wait FIFO")
-    g.add_argument("--kv-capacity", type=int, default=d.kv_capacity,
-                   help="KV tokens: running prompt + target lengths must fit")
-    g.add_argument("--prefill-ms-per-1k", type=float, default=d.prefill_ms_per_1k,
-                   help="added to the next step per 1,000 newly admitted prompt tokens")
+    g.add_argument(
+        "--max-num-seqs",
+        type=int,
+        default=d.max_num_seqs,
+        help="sequences decoded together; the rest wait FIFO",
+    )
+    g.add_argument(
+        "--kv-capacity",
+        type=int,
+        default=d.kv_capacity,
+        help="KV tokens: running prompt + target lengths must fit",
+    )
+    g.add_argument(
+        "--prefill-ms-per-1k",
+        type=float,
+        default=d.prefill_ms_per_1k,
+        help="added to the next step per 1,000 newly admitted prompt tokens",
+    )
     g.add_argument("--step-base-ms", type=float, default=d.step_base_ms)
     g.add_argument("--step-per-seq-ms", type=float, default=d.step_per_seq_ms)
-    g.add_argument("--time-scale", type=float, default=d.time_scale,
-                   help="multiplies every cost; 0 = as fast as possible, same batching")
+    g.add_argument(
+        "--time-scale",
+        type=float,
+        default=d.time_scale,
+        help="multiplies every cost; 0 = as fast as possible, same batching",
+    )
     g = p.add_argument_group("replies")
-    g.add_argument("--output-median", type=float, default=d.output_median,
-                   help="median sampled reply length in tokens (lognormal)")
+    g.add_argument(
+        "--output-median",
+        type=float,
+        default=d.output_median,
+        help="median sampled reply length in tokens (lognormal)",
+    )
     g.add_argument("--output-sigma", type=float, default=d.output_sigma)
-    g.add_argument("--default-max-tokens", type=int, default=d.default_max_tokens,
-                   help="cap when a request gives no max_tokens")
+    g.add_argument(
+        "--default-max-tokens",
+        type=int,
+        default=d.default_max_tokens,
+        help="cap when a request gives no max_tokens",
+    )
     g.add_argument("--seed", type=int, default=d.seed)
-    g.add_argument("--script", default=d.script,
-                   help="lorem, coral, or a YAML/JSON file of {match, reply} rules")
-    g.add_argument("--agree-after", type=int, default=d.agree_after,
-                   help="coral: debate turns after which every speaker gives the consensus")
+    g.add_argument(
+        "--script",
+        default=d.script,
+        help="lorem, coral, or a YAML/JSON file of {match, reply} rules",
+    )
+    g.add_argument(
+        "--agree-after",
+        type=int,
+        default=d.agree_after,
+        help="coral: debate turns after which every speaker gives the consensus",
+    )
     g = p.add_argument_group("fault injection (probabilities per request)")
     g.add_argument("--error-rate", type=float, default=d.error_rate, help="HTTP 500")
     g.add_argument("--rate-limit-rate", type=float, default=d.rate_limit_rate, help="HTTP 429")
-    g.add_argument("--retry-after", type=float, default=d.retry_after,
-                   help="Retry-After seconds sent with injected 429s")
-    g.add_argument("--garbage-rate", type=float, default=d.garbage_rate,
-                   help="HTTP 200 with a body that is not JSON")
+    g.add_argument(
+        "--retry-after",
+        type=float,
+        default=d.retry_after,
+        help="Retry-After seconds sent with injected 429s",
+    )
+    g.add_argument(
+        "--garbage-rate",
+        type=float,
+        default=d.garbage_rate,
+        help="HTTP 200 with a body that is not JSON",
+    )
     return p
 
 
