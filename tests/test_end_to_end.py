@@ -274,3 +274,32 @@ def test_an_outage_pauses_then_stops_and_the_rerun_after_recovery_ends_all_ok(
     recs = records(out)
     assert len(recs) == 300 and len({r["id"] for r in recs}) == 300
     assert all(r["status"] == "ok" for r in recs)
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_cleanly_and_the_same_command_resumes(tmp_path: Path) -> None:
+    out = tmp_path / "o.jsonl"
+    cmd = [
+        sys.executable, "-m", "peerflow.cli", "run", str(CORAL / "coral_sim.yaml"),
+        "dataset.limit=400", f"output.path={out}", "runtime.progress=false",
+        "runtime.max_in_flight=16", "services.llm.options.time_scale=0.2",
+    ]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and (not out.exists() or out.stat().st_size == 0):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert "re-run the same command to resume" in stderr
+    summary = json.loads(out.with_name(out.name + ".summary.json").read_text())
+    assert summary["outcome"] == "interrupted"
+    done = len(records(out))
+    assert 0 < done < 400
+    assert summary["records_written"] == done
+    fast = [*cmd[:-1], "services.llm.options.time_scale=0"]  # the engine's speed is no data
+    again = subprocess.run(fast, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    ids = [r["id"] for r in records(out)]
+    assert len(ids) == 400 and len(set(ids)) == 400

@@ -84,9 +84,8 @@ class Inbox:
 class LocalRuntime:
     name = "local"
 
-    def __init__(self, config: RuntimeConfig, *, flush_interval: float = 0.5):
+    def __init__(self, config: RuntimeConfig):
         self.config = config
-        self.flush_interval = flush_interval
         self.admission: Admission | None = None
 
     @property
@@ -183,10 +182,12 @@ class LocalRuntime:
             inbox.put(message)
             return True
 
+        interval = pipeline.config.output.flush_interval
+
         async def flusher() -> None:
             try:
                 while True:
-                    await asyncio.sleep(self.flush_interval)
+                    await asyncio.sleep(interval)
                     sink.flush()
             except asyncio.CancelledError:
                 raise

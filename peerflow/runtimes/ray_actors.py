@@ -955,20 +955,17 @@ class SinkActor(_Base):
         # hands `self.stats` to the driver and starts a new one, and counting into the
         # one already handed over would lose those records from the run's summary.
         sink = self.sink
-        seen = sink.seen
         finish = self.pipeline.finish
         stats = self.stats
-        new: list[str] = []
         for message in messages:
-            if message is None:
-                continue
-            if not seen(message.id):
-                new.append(message.id)
-            finish(message, sink, stats)
+            if message is not None:
+                finish(message, sink, stats)
+        # Written, or a copy of one written this run: either way the id is finished, and
+        # is reported so (a copy's report is how an id admitted twice frees its slot).
+        new = [m.id for m in messages if m is not None]
         if self.store is not None:
-            # Written or a duplicate of a written one: no copy of these tasks needs its
-            # payloads any more.
-            self.store.release.remote([m.id for m in messages if m is not None])
+            # No copy of these tasks needs its payloads any more.
+            self.store.release.remote(new)
         sink.flush()  # to the OS before acknowledging: a driver crash now loses nothing
         self.counters["in"] += len(keys)
         if new:
@@ -983,7 +980,7 @@ class SinkActor(_Base):
     async def finished(
         self, known_inc: str | None, timeout: float
     ) -> tuple[str, bool, Any, RunStats]:
-        """Long poll: ids written since the last call, and the stats of their records.
+        """Long poll: ids finished since the last call, and the stats of their records.
 
         A caller that knew another incarnation gets the report of the whole run so far
         (`full`): the hashes (`peerflow.idset.id_hash`, a uint64 array) of every id this
