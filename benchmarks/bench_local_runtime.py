@@ -8,6 +8,7 @@ dummy text, same JSON encoding of every record), so the ratio shows
 peerflow's own overhead.
 
     python benchmarks/bench_local_runtime.py --rows 20000
+    python benchmarks/bench_local_runtime.py --memory --rows 50000   # 50,000 in flight
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ import asyncio
 import json
 import os
 import random
+import resource
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -149,16 +153,7 @@ async def bare_asyncio(rows: int, out: Path, in_flight: int) -> tuple[int, float
     return steps, time.perf_counter() - t0
 
 
-async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", type=int, default=20000)
-    parser.add_argument(
-        "--max-in-flight",
-        type=int,
-        default=None,
-        help="tasks in flight for both loops (default: peerflow's default, runtime.max_in_flight)",
-    )
-    args = parser.parse_args()
+async def throughput(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "rows.jsonl"
         write_rows(data, args.rows)
@@ -189,10 +184,66 @@ async def main() -> None:
         print(f"ratio peerflow / bare asyncio: {pf_rate / b_rate:.2f}")
 
 
-if __name__ == "__main__":
+async def memory_child(which: str, rows: int, in_flight: int) -> None:
+    """One loop in this process, so that its peak RSS is its own."""
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "rows.jsonl"
+        write_rows(data, rows)
+        out = Path(tmp) / "out.jsonl"
+        t0 = time.perf_counter()
+        if which == "peerflow":
+            config = coral_dummy_config(data, out, in_flight)
+            steps = (await run_async(config, pipeline=Pipeline(config), progress=False))["steps"]
+        else:
+            steps, _ = await bare_asyncio(rows, out, in_flight)
+        wall = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"which": which, "peak_rss_mb": round(peak, 1), "steps_per_s": steps / wall}))
+
+
+def memory(args: argparse.Namespace) -> None:
+    in_flight = args.max_in_flight or 50_000
+    rows = args.rows
+    print(f"settings: shipped defaults but max_in_flight {in_flight} (set), {rows} rows")
+    for which in ("peerflow", "bare"):
+        cmd = [sys.executable, __file__, "--child", which, "--rows", str(rows)]
+        cmd += ["--max-in-flight", str(in_flight)]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        print(
+            f"{which:<9} {in_flight} tasks in flight: peak RSS {r['peak_rss_mb']:,.0f} MB, "
+            f"{r['steps_per_s']:,.0f} steps/s"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=20000)
+    parser.add_argument(
+        "--max-in-flight",
+        type=int,
+        default=None,
+        help="tasks in flight for both loops (default: peerflow's default, runtime.max_in_flight;"
+        " 50,000 with --memory)",
+    )
+    parser.add_argument(
+        "--memory", action="store_true", help="peak RSS of each loop, each in its own process"
+    )
+    parser.add_argument("--child", choices=["peerflow", "bare"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
     try:
         import uvloop
 
-        uvloop.run(main())
+        runner = uvloop.run
     except ImportError:
-        asyncio.run(main())
+        runner = asyncio.run
+    if args.child:
+        runner(memory_child(args.child, args.rows, args.max_in_flight))
+    elif args.memory:
+        memory(args)
+    else:
+        runner(throughput(args))
+
+
+if __name__ == "__main__":
+    main()

@@ -3,8 +3,8 @@
 Two measurements, each in its own process so that peak RSS is its own:
 
 - `run`: a two-step sequence with trivial agents, output written, shipped defaults
-  (no `workers` set); back-pressure keeps memory flat, and only the sink's id sets grow
-  with the input.
+  except `max_in_flight: 1024` (printed); back-pressure keeps memory flat, and only
+  the sink's id sets grow with the input.
 - `recover`: open a sink on an output of N records (one in ten a transient failure, so
   the re-attempt set is exercised too) and report what resuming costs: bytes per row of
   the done set, and the peak RSS growth per record while the output was read.
@@ -142,7 +142,7 @@ def main() -> None:
         child_recover(args.child_recover, Path(args.tmp))
         return
     if args.rows:
-        print("local run, shipped defaults (max_in_flight 1024, output written)")
+        print("local run, shipped defaults except max_in_flight 1024 (set), output written")
         print(f"{'rows':>9} {'records':>9} {'wall s':>7} {'peak RSS MB':>12}")
         for n in args.rows:
             r = spawn("run", n)

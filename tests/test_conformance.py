@@ -1,7 +1,7 @@
 """Runtime conformance: workflow semantics, exactly-once, errors and resume, for every runtime.
 
 Each test builds a config, runs it on the runtime under test and reads the
-real output file. A new runtime joins by adding its name to RUNTIMES.
+real output file. A new runtime joins by adding its name to RUNTIMES in conftest.py.
 """
 
 from __future__ import annotations
@@ -10,38 +10,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from peerflow.config import RunConfig
 from peerflow.pipeline import Pipeline
 from peerflow.run import run_async
 from peerflow.testing import read_calls
 
-try:
-    import ray  # noqa: F401
-
-    HAVE_RAY = True
-except ImportError:
-    HAVE_RAY = False
-
-RUNTIMES = [
-    "local",
-    pytest.param(
-        "ray",
-        marks=pytest.mark.skipif(
-            not HAVE_RAY, reason="ray is not installed (pip install 'peerflow[ray]')"
-        ),
-    ),
-]
-
 ECHO = "peerflow.testing:Echo"
 
-
-@pytest.fixture(params=RUNTIMES)
-def runtime(request: pytest.FixtureRequest) -> str:
-    if request.param == "ray":
-        request.getfixturevalue("ray_cluster")
-    return request.param
+# The `runtime` fixture (every runtime in turn) is in conftest.py.
 
 
 def write_rows(path: Path, n: int, extra: str = "") -> Path:

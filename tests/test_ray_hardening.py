@@ -27,7 +27,7 @@ from peerflow.sink import OutputBusy  # noqa: E402
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
 ECHO = "peerflow.testing:Echo"
-SAFETY = 180.0  # seconds; only turns a hang into a failure
+SAFETY = 60.0  # seconds; only turns a hang into a failure
 
 
 def write_lines(path: Path, lines: list[str]) -> Path:

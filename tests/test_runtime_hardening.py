@@ -12,20 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_conformance import RUNTIMES, make_config, run
+from test_conformance import make_config, run
 
 from peerflow.pipeline import Pipeline
 from peerflow.run import run_async
 from peerflow.testing import max_concurrency
 
 ECHO = "peerflow.testing:Echo"
-
-
-@pytest.fixture(params=RUNTIMES)
-def runtime(request: pytest.FixtureRequest) -> str:
-    if request.param == "ray":
-        request.getfixturevalue("ray_cluster")
-    return request.param
 
 
 def file_counts(records: list[dict[str, Any]]) -> dict[str, int]:
