@@ -11,6 +11,7 @@ one shared debate from their own side.
 from __future__ import annotations
 
 import hashlib
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -93,11 +94,25 @@ def template_variables(source: str | None) -> set[str]:
 def render(template: jinja2.Template, context: dict[str, Any]) -> str:
     """Render `template` with `context` (and Jinja's globals) as its namespace.
 
-    `Template.render` builds a fresh context copying the globals on every call, which
-    costs about three times as much; prompts are rendered on every step of every task.
+    `Template.render` builds a fresh `Context` on every call, which costs more than
+    rendering a short prompt, and prompts are rendered on every step of every task. So
+    each template keeps one context and swaps its namespace in; rendering is synchronous,
+    so no other render can interleave (a nested one falls back to a fresh context).
     """
-    ctx = template.new_context({**_GLOBALS, **context}, shared=True)
-    return "".join(template.root_render_func(ctx))
+    ctx = _contexts.pop(template, None)
+    if ctx is None:
+        ctx = template.new_context({}, shared=True)
+    ctx.parent = {**_GLOBALS, **context}
+    ctx.vars.clear()
+    ctx.exported_vars.clear()
+    try:
+        return "".join(template.root_render_func(ctx))
+    finally:
+        _contexts[template] = ctx
+
+
+# One idle context per template; a template being rendered has none here.
+_contexts: weakref.WeakKeyDictionary[jinja2.Template, Any] = weakref.WeakKeyDictionary()
 
 
 def compile_template(source: str | None, where: str) -> jinja2.Template | None:
