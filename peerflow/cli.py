@@ -25,6 +25,16 @@ def _print_summary(summary: dict[str, Any]) -> None:
         f"{summary['total_records_in_output']}",
         file=out,
     )
+    held = summary.get("output_by_status") or {}
+    if held:
+        counts = ", ".join(f"{status} {n}" for status, n in sorted(held.items()))
+        print(f"output now holds {sum(held.values())} records, one per row: {counts}", file=out)
+    if summary.get("duplicate_input_ids"):
+        print(
+            f"duplicate ids in the input: {summary['duplicate_input_ids']} (recorded as "
+            "errors under derived ids)",
+            file=out,
+        )
     tokens = summary["tokens"]
     print(
         f"wall {summary['wall_seconds']:.1f}s, {summary['tasks_per_second']:.2f} tasks/s, "

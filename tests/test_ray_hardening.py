@@ -27,7 +27,7 @@ from peerflow.sink import OutputBusy  # noqa: E402
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
 ECHO = "peerflow.testing:Echo"
-SAFETY = 60.0  # seconds; only turns a hang into a failure
+SAFETY = 180.0  # seconds; only turns a hang into a failure
 
 
 def write_lines(path: Path, lines: list[str]) -> Path:
@@ -271,6 +271,49 @@ async def test_fail_fast_on_ray_stops_the_run_and_a_healthy_rerun_ends_all_ok(
     assert len(ids) == len(set(ids)) == 60
     assert all(r["status"] == "ok" for r in records)
     assert_counts_match(again, records)
+
+
+async def test_an_outage_on_ray_pauses_admission_and_no_row_fails(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The server goes down mid-run (chat and health): the role actor's watch holds its
+    calls, the driver pauses admission and says so; once the server is back, every row
+    ends ok in the same run."""
+    from test_watch import SwitchableServer
+
+    srv = SwitchableServer()
+    await srv.start()
+    data = {
+        "name": "ray-outage",
+        "dataset": {"path": str(write_lines(tmp_path / "rows.jsonl", rows(40))), "id_field": "id"},
+        "task": {"message": "task {{ n }}"},
+        "services": {
+            "llm": {"kind": "openai", "model": "m", "endpoints": [srv.url], "max_retries": 0}
+        },
+        "roles": {"solver": {"agent": "llm", "service": "llm"}},
+        "workflow": {"kind": "sequence", "roles": ["solver"]},
+        "runtime": {"kind": "ray", "max_in_flight": 4, "progress": False, "outage_timeout": 60},
+        "output": {"path": str(tmp_path / "out.jsonl")},
+    }
+
+    async def outage() -> None:
+        await until(lambda: len(srv.bodies) >= 8)
+        srv.down = True
+        await asyncio.sleep(2.0)
+        srv.down = False
+
+    flip = asyncio.ensure_future(outage())
+    try:
+        summary = await run(RunConfig.model_validate(data))
+    finally:
+        flip.cancel()
+        await srv.close()
+    assert summary["outcome"] == "complete" and summary["exit_code"] == 0
+    records = read(tmp_path / "out.jsonl")
+    assert len(records) == 40 and all(r["status"] == "ok" for r in records)
+    watch = summary["ray"]["service_watch"]["llm"]
+    assert watch["outages"] >= 1 and watch["paused_seconds"] > 0 and watch["tripped"] is None
+    assert "admission paused" in capsys.readouterr().err
 
 
 # --- Ctrl-C ------------------------------------------------------------------------------

@@ -254,8 +254,15 @@ def test_killed_driver_resumes_with_one_record_per_id(tmp_path: Path) -> None:
     assert again.returncode == 0, again.stderr[-2000:]
     ids = [r["id"] for r in records(out)]
     assert len(ids) == len(set(ids)) == 600
+    # The combined file holds the newest run's summary at its top level, the output as it
+    # stands under `combined`, and the runs that wrote one (the killed run wrote none).
     summary = json.loads((tmp_path / "out.jsonl.summary.json").read_text())
     assert summary["finished_before_this_run"] == before
+    assert summary["records_written"] == 600 - before
+    assert summary["combined"]["records"] == 600
+    assert [r["records_written"] for r in summary["runs"]] == [600 - before]
+    (own,) = (tmp_path / "out.jsonl.runs").glob("*.json")
+    assert json.loads(own.read_text())["finished_before_this_run"] == before
 
 
 @pytest.mark.slow

@@ -80,6 +80,7 @@ import os
 import time
 import uuid
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -97,8 +98,9 @@ from peerflow.merge import (
     with_errors,
     write_manifest,
 )
-from peerflow.message import RUNNING, from_bytes, to_bytes
+from peerflow.message import Message, from_bytes, to_bytes
 from peerflow.pipeline import Pipeline
+from peerflow.runtimes.admission import Admission
 from peerflow.services.base import Service
 from peerflow.sink import OutputLock, Sink
 from peerflow.stats import Histogram, RoleStats, RunStats
@@ -288,6 +290,11 @@ class _Ledger:
         self.per_sink: dict[str, RunStats] = {}
         self.taken = False  # the files were read (a run can fail before)
 
+    @property
+    def finished(self) -> IdSet:
+        """What admission skips (the name `Admission` reads of a sink)."""
+        return self.done
+
     def take(self, recs: list[Recovered]) -> bool:
         """Take what the files hold; False if an id has records in two of them."""
         done, retry = IdSet(), IdSet()
@@ -366,6 +373,67 @@ class _Ledger:
             counts[status] += n
         counts["error"] -= len(self.superseding)
         return +counts
+
+
+class ActorWatches:
+    """The role actors' service watches, seen by `Admission` as one `ServiceWatch`.
+
+    On Ray the LLM calls happen in the role actors, each watching its own services; the
+    driver's status poll feeds their state here. Admission pauses while any actor has a
+    service in an outage, and the run stops (exit code 3) once any actor's watch tripped:
+    fail-fast, or an outage longer than `runtime.outage_timeout`.
+    """
+
+    def __init__(self, on_event: Callable[[str], None] | None = None):
+        self.on_event = on_event
+        self.open = True
+        self.aborted = asyncio.Event()
+        self.reason: str | None = None
+        self.paused: dict[str, bool] = {}
+        self.reports: dict[str, dict[str, Any]] = {}
+        self._resumed = asyncio.Event()
+        self._resumed.set()
+
+    def update(self, key: str, state: dict[str, Any]) -> None:
+        """One actor's `status()["watch"]`: paused, tripped (a reason or None), report, events."""
+        for text in state.get("events", ()):
+            if self.on_event is not None:
+                self.on_event(text)
+            else:
+                log.warning("%s", text)
+        self.paused[key] = bool(state.get("paused"))
+        self.reports[key] = state.get("report") or {}
+        if state.get("tripped") and not self.aborted.is_set():
+            self.reason = state["tripped"]
+            self.aborted.set()
+        self.open = not self.aborted.is_set() and not any(self.paused.values())
+        if self.open or self.aborted.is_set():
+            self._resumed.set()
+        else:
+            self._resumed.clear()
+
+    async def admit(self) -> bool:
+        """Wait while an actor reports an outage; False once the run is aborted."""
+        while not self.open:
+            if self.aborted.is_set():
+                return False
+            await self._resumed.wait()
+        return True
+
+    def report(self) -> dict[str, Any]:
+        """Per service, summed over the actors (paused_seconds: the longest in any actor)."""
+        out: dict[str, dict[str, Any]] = {}
+        for report in self.reports.values():
+            for name, r in report.items():
+                o = out.get(name)
+                if o is None:
+                    out[name] = dict(r)
+                    continue
+                for k in ("calls", "failures", "successes", "outages"):
+                    o[k] += r[k]
+                o["paused_seconds"] = max(o["paused_seconds"], r["paused_seconds"])
+                o["tripped"] = o["tripped"] or r["tripped"]
+        return out
 
 
 # --- metrics -----------------------------------------------------------------------------
@@ -569,7 +637,8 @@ class RayRuntime:
                 "runtime.kind: ray needs Ray; install it with `pip install 'peerflow[ray]'`"
             )
         self.config = config
-        self.in_flight = 0
+        self.admission: Admission | None = None
+        self.watches = ActorWatches()
         self.metrics = RuntimeMetrics()
         self.stats: RunStats | None = None
         self.report: dict[str, Any] = {}
@@ -577,6 +646,10 @@ class RayRuntime:
         self.run_id = uuid.uuid4().hex[:8]
         self.started = 0.0  # sinks count records finished since then as this run's
         self.provenance: dict[str, Any] | None = None
+
+    @property
+    def in_flight(self) -> int:
+        return self.admission.in_flight if self.admission is not None else 0
 
     # -- lifecycle ------------------------------------------------------------------------
     def _init_ray(self) -> bool:
@@ -596,9 +669,7 @@ class RayRuntime:
             )
         return True
 
-    async def run(
-        self, pipeline: Pipeline, sink: Sink, stats: RunStats, watch: Any = None
-    ) -> None:
+    async def run(self, pipeline: Pipeline, sink: Sink, stats: RunStats, watch: Any = None) -> None:
         import ray
 
         self.stats = stats
@@ -610,6 +681,7 @@ class RayRuntime:
                 if self.config.metrics_port is not None:
                     server = self._serve_metrics(self.config.metrics_port)
                 with self._output_lock(pipeline.config, sink):
+                    self.watches.on_event = getattr(watch, "on_event", None)
                     await self._drive(
                         pipeline, actor_config(pipeline.config, services), sink, stats
                     )
@@ -618,7 +690,7 @@ class RayRuntime:
                 server.shutdown()
             if started_ray:
                 ray.shutdown()
-        self._attach_report(stats)
+            self._attach_report(stats)  # a stopped or interrupted run's summary has them too
 
     @staticmethod
     def _output_lock(config: RunConfig, sink: Sink) -> contextlib.AbstractContextManager[Any]:
@@ -792,11 +864,17 @@ class RayRuntime:
         self.started = time.time()
         self.provenance = sink.provenance or getattr(pipeline, "provenance", None)
         ledger = _Ledger(stats, retry_failed=sink.retry_failed)
+        # Admission skips what the ledger reads as done from every shard; `confirm` frees slots.
+        admission = self.admission = Admission(
+            pipeline,
+            ledger,  # type: ignore[arg-type]  # all admission reads of a sink: `finished`
+            stats,
+            max_in_flight=rt.max_in_flight,
+            watch=self.watches,
+        )
         handles, kinds, shards = self._create_actors(config, acfg, out)
         self.handles = handles
         closing = False
-        failure: list[BaseException] = []
-        done = asyncio.Event()
         loops: list[asyncio.Future[Any]] = []
         groups = {
             f"{role}@{p}": [f"r:{role}:{p}:{i}" for i in range(rc.num_instances)]
@@ -814,25 +892,38 @@ class RayRuntime:
         )
 
         pending: dict[str, tuple[int, str | None, bytes, Entry]] = {}
-        slots = asyncio.Semaphore(rt.max_in_flight)
-        admitting = True
         faults_seen = False
-        reinjected = 0
+        reinjected = repeated = 0
         epochs: dict[str, int] = {}
         t_start = time.time()
 
-        def fail(exc: BaseException) -> None:
-            if not failure:
-                failure.append(exc)
-            done.set()
+        def dest(p: int, role: str | None, tid: str) -> str:
+            if role is None:
+                return sink_key(p, sink_of(tid, P, S))
+            return courier.pick(f"{role}@{p}", tid)
+
+        def dispatch(message: Message, role: str | None) -> bool:
+            nonlocal repeated
+            if role is not None and role not in config.roles:
+                return False  # Admission fails the task as misrouted and sends it to its sink
+            tid = message.id
+            if tid in pending:  # both copies would end in one record, confirmed once
+                repeated += 1
+                log.warning("ray runtime: task %r is already in flight; dropped a copy", tid)
+                admission.release()
+                return True
+            p = partition_of(tid, P)
+            # Kept until the task is written: it holds the references to the first hop's
+            # offloaded fields, of which the driver is the owner.
+            entry = Entry(hop_key(message), tid, message)
+            pending[tid] = (p, role, to_bytes(message), entry)
+            courier.send(dest(p, role, tid), entry)
+            return True
 
         def confirm(ids: list[str]) -> None:
             for tid in ids:
                 if pending.pop(tid, None) is not None:
-                    slots.release()
-            self.in_flight = len(pending)
-            if not admitting and not pending:
-                done.set()
+                    admission.release()
 
         sink_keys = [sink_key(p, s) for p in range(P) for s in range(S)]
         sink_incs: dict[str, str] = {}
@@ -848,7 +939,7 @@ class RayRuntime:
                     await asyncio.sleep(0.2)
                     continue
                 except RayTaskError as exc:
-                    fail(exc)
+                    admission.stop(exc)
                     return
                 if inc != sink_incs[key]:
                     faults_seen = True
@@ -876,7 +967,6 @@ class RayRuntime:
             return clean
 
         async def status_loop() -> None:
-            nonlocal faults_seen
             while not closing:
                 await asyncio.sleep(STATUS_INTERVAL)
                 await poll_status()
@@ -896,13 +986,18 @@ class RayRuntime:
                 status = task.result()
                 if self.metrics.update(status):
                     faults_seen = True
-                if status.get("counters", {}).get("lost"):
-                    faults_seen = True
+                counters = status.get("counters", {})
+                if counters.get("lost") or counters.get("copies_dropped"):
+                    faults_seen = True  # a task may be held by nobody now: sweep for it
+                if status.get("watch") is not None:
+                    self.watches.update(key, status["watch"])
                 if status.get("fatal"):
-                    fail(RuntimeError(f"ray runtime: actor {key} failed: {status['fatal']}"))
+                    admission.stop(
+                        RuntimeError(f"ray runtime: actor {key} failed: {status['fatal']}")
+                    )
             self.metrics.driver = Counter({f"courier_{k}": v for k, v in courier.counters.items()})
             if courier.fatal is not None:
-                fail(courier.fatal)
+                admission.stop(RuntimeError(f"ray runtime: delivery failed: {courier.fatal!r}"))
 
         async def sweep_loop() -> None:
             nonlocal reinjected
@@ -934,18 +1029,14 @@ class RayRuntime:
                     message = from_bytes(data)
                     epochs[tid] = message.route[EPOCH] = epochs.get(tid, 0) + 1
                     data = to_bytes(message)
-                    dest = (
-                        courier.pick(f"{role}@{p}", tid)
-                        if role is not None
-                        else sink_key(p, sink_of(tid, P, S))
-                    )
                     entry = Entry(hop_key(message), tid, message)
                     pending[tid] = (p, role, data, entry)
-                    courier.send(dest, entry)
+                    courier.send(dest(p, role, tid), entry)
                     reinjected += 1
                 if again:
                     log.warning("ray runtime: restarted %d task(s) no actor held", len(again))
 
+        admitted = False
         try:
             await self._await_ready(kinds)
             # What the output holds: every current shard, shards of earlier runs, and a
@@ -984,34 +1075,12 @@ class RayRuntime:
             courier.start()
             self.report["finished_before_this_run"] = len(ledger.done)
             self.report["failed_rows_to_retry"] = len(ledger.retry)
-            for n, message in enumerate(pipeline.tasks(ledger.done), 1):
-                if not await _acquire(slots, done) or failure:
-                    break
-                p = partition_of(message.id, P)
-                role = pipeline.start(message) if message.status == RUNNING else None
-                entry = Entry(hop_key(message), message.id, message)
-                # The entry stays here until the task is written: it holds the references
-                # to the first hop's offloaded fields, of which the driver is the owner.
-                pending[message.id] = (p, role, to_bytes(message), entry)
-                self.in_flight = len(pending)
-                dest = (
-                    courier.pick(f"{role}@{p}", message.id)
-                    if role is not None
-                    else sink_key(p, sink_of(message.id, P, S))
-                )
-                courier.send(dest, entry)
-                if n % 64 == 0:
-                    await asyncio.sleep(0)
-            admitting = False
-            stats.skipped = pipeline.skipped
-            if not pending:
-                done.set()
-            await done.wait()
-            if failure:
-                raise RuntimeError(f"ray runtime failed: {failure[0]!r}") from failure[0]
-            await poll_status()  # final numbers for the summary
+            admitted = True
+            await admission.drive(dispatch)
         finally:
             closing = True
+            if admitted:
+                await poll_status()  # final numbers for the summary
             # A sink's report in flight is let in: cancelling the call would lose it.
             waiting = [task for task in confirm_loops if not task.done()]
             if waiting:
@@ -1039,7 +1108,9 @@ class RayRuntime:
                     "shards": [str(p) for p in shards],
                     "actors": len(kinds),
                     "reinjected_tasks": reinjected,
+                    "repeated_ids_dropped": repeated,
                     "offload_threshold": rt.offload_threshold,
+                    "service_watch": self.watches.report(),
                     "run_seconds": round(time.time() - t_start, 3),
                 }
             )
@@ -1070,21 +1141,6 @@ def _spawn(method: Any) -> asyncio.Task[Any]:
     task = asyncio.ensure_future(_call(method))
     task.add_done_callback(lambda t: t.cancelled() or t.exception())
     return task
-
-
-async def _acquire(slots: asyncio.Semaphore, stop: asyncio.Event) -> bool:
-    """Take an admission slot, unless the run is stopped first (a failure frees no slot)."""
-    if not slots.locked():
-        await slots.acquire()
-        return True
-    take = asyncio.ensure_future(slots.acquire())
-    halt = asyncio.ensure_future(stop.wait())
-    await asyncio.wait({take, halt}, return_when=asyncio.FIRST_COMPLETED)
-    halt.cancel()
-    if take.done():
-        return True
-    take.cancel()
-    return False
 
 
 async def _retrying(method: Any, *args: Any, attempts: int = 50) -> Any:

@@ -38,6 +38,7 @@ from ray.exceptions import ObjectLostError, RayActorError, RayTaskError
 
 from peerflow.message import Message, from_bytes, to_bytes
 from peerflow.runtimes.admission import Admission
+from peerflow.services.watch import ServiceWatch
 from peerflow.stats import Histogram, RunStats
 
 log = logging.getLogger(__name__)
@@ -637,7 +638,11 @@ class RoleActor(_Base):
         self.services = pipeline.services()
         for service in self.services.values():
             await service.start()
-        self.agent = cls(spec.role, options, self.services)
+        # This actor's own watch over the calls its agent makes: fail-fast and outage
+        # pauses, reported by `status` (the driver checked health before admitting).
+        self.events: list[str] = []
+        self.watch = ServiceWatch.from_config(spec.config.runtime, on_event=self.events.append)
+        self.agent = cls(spec.role, options, self.watch.wrap_all(self.services))
         await self.agent.setup()
         self.workflow = pipeline.workflow
         names = spec.names
@@ -811,6 +816,9 @@ class RoleActor(_Base):
         counters.update({f"courier_{k}": v for k, v in self.courier.counters.items()})
         fatal = self.fatal or self.courier.fatal
         max_queue, self.max_queue = self.max_queue, self.inbox.qsize() + self.active
+        watch = self.watch
+        events = self.events[:]
+        self.events.clear()
         return {
             "key": self.spec.key,
             "role": self.spec.role,
@@ -822,6 +830,12 @@ class RoleActor(_Base):
             "max_queue": max_queue,
             "retained": self.courier.pending(),
             "fatal": None if fatal is None else repr(fatal),
+            "watch": {
+                "paused": watch.paused,
+                "tripped": watch.reason if watch.tripped else None,
+                "report": watch.report(),
+                "events": [f"[{self.spec.key}] {text}" for text in events],
+            },
         }
 
     async def close(self) -> None:
@@ -831,6 +845,7 @@ class RoleActor(_Base):
         await self.courier.close()
         for task in self.workers:
             task.cancel()
+        await self.watch.stop()
         for service in self.services.values():
             with contextlib.suppress(Exception):
                 await service.stop()
@@ -940,20 +955,17 @@ class SinkActor(_Base):
         # hands `self.stats` to the driver and starts a new one, and counting into the
         # one already handed over would lose those records from the run's summary.
         sink = self.sink
-        seen = sink.seen
         finish = self.pipeline.finish
         stats = self.stats
-        new: list[str] = []
         for message in messages:
-            if message is None:
-                continue
-            if not seen(message.id):
-                new.append(message.id)
-            finish(message, sink, stats)
+            if message is not None:
+                finish(message, sink, stats)
+        # Written, or a copy of one written this run: either way the id is finished, and
+        # is reported so (a copy's report is how an id admitted twice frees its slot).
+        new = [m.id for m in messages if m is not None]
         if self.store is not None:
-            # Written or a duplicate of a written one: no copy of these tasks needs its
-            # payloads any more.
-            self.store.release.remote([m.id for m in messages if m is not None])
+            # No copy of these tasks needs its payloads any more.
+            self.store.release.remote(new)
         sink.flush()  # to the OS before acknowledging: a driver crash now loses nothing
         self.counters["in"] += len(keys)
         if new:
@@ -968,7 +980,7 @@ class SinkActor(_Base):
     async def finished(
         self, known_inc: str | None, timeout: float
     ) -> tuple[str, bool, Any, RunStats]:
-        """Long poll: ids written since the last call, and the stats of their records.
+        """Long poll: ids finished since the last call, and the stats of their records.
 
         A caller that knew another incarnation gets the report of the whole run so far
         (`full`): the hashes (`peerflow.idset.id_hash`, a uint64 array) of every id this
