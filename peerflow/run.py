@@ -174,7 +174,8 @@ async def run_async(
         reason=reason,
         exit_code=code,
         exit_meaning=EXIT_CODES[code],
-        service_watch=watch.report(),
+        # On Ray the calls happen in the role actors, whose watches the driver merges.
+        service_watch=stats.extra.get("ray", {}).get("service_watch") or watch.report(),
     )
     write_summaries(config, summary)
     if fault is not None:

@@ -6,7 +6,9 @@ the role the message names next; the last hop goes to a sink actor, which append
 record to its own shard. The driver only admits tasks (at most `max_in_flight` alive),
 makes the first hop, hears from the sinks which ids finished, and collects metrics: it is
 not on the path of any hop in between. `partitions: N` builds N such independent sets of
-actors and sinks; a row belongs to partition `crc32(id) % N`.
+actors and sinks; a row belongs to partition `crc32(id) % N`. Admission and the one
+failure path are `Admission`'s, shared with the local runtime; the role actors each watch
+their services (`ServiceWatch`), and `ActorWatches` gives admission their joint state.
 
 Batching. Each process has one courier with an outbox per destination actor and at most
 one `deliver` call in flight per destination. A message for an idle destination leaves at
@@ -34,9 +36,10 @@ Delivery protocol (at-least-once hops, exactly-once records):
    copies carry on and reach the same sink (a task's sink is fixed by its id), which
    drops every record whose id it has already written: one record per id.
 6. A safety net covers what the hop protocol cannot (two consecutive holders of a task
-   dying within one step, or an offloaded payload lost with its owner): once any restart
-   was seen, the driver periodically asks all actors which tasks they hold, and a task in
-   flight that nobody held in two consecutive sweeps is admitted again from its start.
+   dying within one step, an offloaded payload lost with its owner, or a task admitted
+   twice whose second copy an actor dropped): once any restart or dropped copy was seen,
+   the driver periodically asks all actors which tasks they hold, and a task in flight
+   that nobody held in two consecutive sweeps is admitted again from its start.
 
 A sink reports finished ids to the driver only after writing them, and a restarted sink
 reports every id this run wrote to its shard, with the stats of their records rebuilt
