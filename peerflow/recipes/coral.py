@@ -45,16 +45,10 @@ def extract_answer(message: Message, text: str) -> dict[str, Any]:
 def latest_answers(message: Message) -> dict[str, str | None]:
     """Each speaker's latest extracted answer; an unclear later turn keeps the earlier one."""
     answers: dict[str, str | None] = {"teacher": None, "student": None}
-    missing = 2
-    for step in reversed(message.history):  # newest first: usually done within a turn
+    for step in message.history:
         data = step.data
         if data and step.role == "extractor" and data.get("answer"):
-            speaker = data["speaker"]
-            if answers.get(speaker, "") is None:
-                answers[speaker] = data["answer"]
-                missing -= 1
-                if not missing:
-                    break
+            answers[data["speaker"]] = data["answer"]
     return answers
 
 
