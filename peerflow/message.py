@@ -41,6 +41,10 @@ class Step(msgspec.Struct, omit_defaults=True):
     content: str | None = None
     data: dict[str, Any] | None = None
     tool_calls: list[dict[str, Any]] | None = None
+    # A tool role's step answering the previous step's `tool_calls`: one entry per call, in
+    # call order, each {"tool_call_id", "name", "content", "is_error"}. `tool_call_id` (with
+    # `content`) is the single-call form, kept for agents that answer one call.
+    tool_results: list[dict[str, Any]] | None = None
     tool_call_id: str | None = None
     usage: dict[str, int] | None = None
     model: str | None = None
@@ -84,8 +88,8 @@ class Message(msgspec.Struct, omit_defaults=True):
     finished: float = 0.0
     hops: int = 0
     # Why the task ended: "done" (the workflow finished), "until" (a loop's condition
-    # held), "stop" (a step set data.stop), "max_turns", "max_steps", or the stage that
-    # failed ("agent", "workflow", "input", ...).
+    # held), "stop" (a step set data.stop), "max_turns", "max_steps", "max_tool_errors",
+    # or the stage that failed ("agent", "workflow", "input", ...).
     reason: str | None = None
     v: int = SCHEMA_VERSION
 

@@ -20,8 +20,9 @@ from pydantic import ValidationError
 from peerflow import checks
 from peerflow.agents import Agent, AgentOptions, agent_class
 from peerflow.agents.llm import TASK_ROLE, compile_template, render
+from peerflow.agents.tools import resolve_offered_tools
 from peerflow.config import RunConfig, validation_errors
-from peerflow.loading import load_object
+from peerflow.loading import add_import_path, load_object
 from peerflow.message import Message, Step, new_message
 from peerflow.services.base import Service
 from peerflow.sink import Sink
@@ -60,6 +61,8 @@ class Pipeline:
         ConfigError pointing at the YAML lines.
         """
         self.config = config
+        # `module:attr` references to user code resolve from the config's folder first.
+        add_import_path(config.base_dir)
         errors: list[tuple[tuple[str, ...], str]] = []
         self.workflow: Workflow | None
         self.workflow, found = checks.checked_workflow(config)
@@ -86,6 +89,8 @@ class Pipeline:
                     (("roles", role, "service"), f"no service named {service!r} under services")
                 )
             self.agent_specs[role] = (cls, options)
+        # LLM roles may offer tools by the name of an `agent: tools` role or of its tools.
+        errors += resolve_offered_tools(self.agent_specs)
         self.task_template = None
         # A syntax error here is reported once, with every other template's, below.
         with contextlib.suppress(ValueError):

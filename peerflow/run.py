@@ -65,6 +65,13 @@ def runs_dir(config: RunConfig) -> Path:
 
 
 def service_labels(config: RunConfig) -> dict[str, str]:
+    """What each service is, for the summary; SIMULATED for any simulator.
+
+    A `kind: openai` service is a simulator when its server said so (the simulator's
+    `X-Peerflow-Simulator` header) to the health probe every run makes before admitting rows.
+    """
+    from peerflow.services.openai_client import SIMULATED_BASES, _normalise_base
+
     labels = {}
     for name, svc in config.services.items():
         if svc.kind == "sim":
@@ -72,7 +79,9 @@ def service_labels(config: RunConfig) -> dict[str, str]:
         elif svc.kind == "local_model":
             labels[name] = f"embedded model {svc.model} (llama.cpp server started by peerflow)"
         else:
-            labels[name] = f"{svc.model} at {', '.join(svc.endpoints)}"
+            where = f"{svc.model} at {', '.join(svc.endpoints)}"
+            simulated = any(_normalise_base(e) in SIMULATED_BASES for e in svc.endpoints)
+            labels[name] = f"{SIMULATOR_NOTE} ({where})" if simulated else where
     return labels
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 from typing import Any
 
 from peerflow.agents.base import Agent, AgentOptions
@@ -48,23 +49,35 @@ class Echo(Agent):
         return Step(role=self.role, content=f"{self.role}:{n}", data={"n": n})
 
 
+class ToolCallerOptions(AgentOptions):
+    # how many `add` calls its first step makes at once (each with its own id)
+    calls: int = 1
+
+
 class ToolCaller(Agent):
-    """Asks for one tool call on its first step, then answers with the tool's output."""
+    """Asks for `calls` tool calls on its first step, then answers with the tools' outputs."""
+
+    Options = ToolCallerOptions
+    options: ToolCallerOptions
 
     async def process(self, message: Message, request: Any) -> Step:
         last = message.history[-1] if message.history else None
-        if last is not None and last.tool_call_id:
-            return Step(role=self.role, content=f"final:{last.content}")
-        call = {
-            "id": f"call-{message.id}",
-            "type": "function",
-            "function": {"name": "add", "arguments": '{"a": 2, "b": 3}'},
-        }
-        return Step(role=self.role, tool_calls=[call])
+        if last is not None and (last.tool_results or last.tool_call_id):
+            outputs = [r["content"] for r in last.tool_results or ()] or [last.content]
+            return Step(role=self.role, content="final:" + ",".join(map(str, outputs)))
+        calls = [
+            {
+                "id": f"call-{message.id}-{i}",
+                "type": "function",
+                "function": {"name": "add", "arguments": f'{{"a": 2, "b": {3 + i}}}'},
+            }
+            for i in range(self.options.calls)
+        ]
+        return Step(role=self.role, tool_calls=calls)
 
 
 class Adder(Agent):
-    """The tool role: executes `add` calls from the previous step."""
+    """A hand-written tool role: executes the single `add` call of the previous step."""
 
     async def process(self, message: Message, request: Any) -> Step:
         import json
@@ -72,6 +85,90 @@ class Adder(Agent):
         call = message.history[-1].tool_calls[0]
         args = json.loads(call["function"]["arguments"])
         return Step(role=self.role, content=str(args["a"] + args["b"]), tool_call_id=call["id"])
+
+
+# --- tools for `agent: tools` roles in tests and tutorials --------------------------
+
+
+def add(a: int, b: int) -> int:
+    """Add two integers.
+
+    Args:
+        a: the first addend
+        b: the second addend
+    """
+    return a + b
+
+
+async def slow(seconds: float) -> str:
+    """Sleep for `seconds`, then say so (for timeout tests)."""
+    await asyncio.sleep(seconds)
+    return f"slept {seconds}"
+
+
+def fail(reason: str) -> str:
+    """Always raise, with `reason` (for error tests)."""
+    raise RuntimeError(reason)
+
+
+def strict_chat_errors(request: dict[str, Any]) -> list[str]:
+    """What a strict OpenAI-compatible server would reject in a chat request; [] if none.
+
+    Every `tool` message must answer a call of the nearest preceding assistant message
+    with `tool_calls` (no orphans, no unknown ids, none answered twice), every call must be
+    answered before the next non-tool message, `name` fields must match OpenAI's rule,
+    and each offered tool must be a well-formed function schema.
+    """
+    errors: list[str] = []
+    pending: list[str] | None = None  # ids of the open assistant turn's calls not yet answered
+    open_ids: set[str] = set()
+    name_ok = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+    for i, msg in enumerate(request.get("messages") or ()):
+        role = msg.get("role")
+        if role not in ("system", "user", "assistant", "tool", "developer"):
+            errors.append(f"messages[{i}]: unknown role {role!r}")
+        if "name" in msg and not name_ok.match(str(msg["name"])):
+            errors.append(f"messages[{i}]: name {msg['name']!r} does not match ^[a-zA-Z0-9_-]+$")
+        if role == "tool":
+            call_id = msg.get("tool_call_id")
+            if pending is None:
+                errors.append(f"messages[{i}]: tool message {call_id!r} follows no tool call")
+            elif call_id not in open_ids:
+                errors.append(f"messages[{i}]: tool_call_id {call_id!r} matches no call")
+            elif call_id not in pending:
+                errors.append(f"messages[{i}]: tool call {call_id!r} answered twice")
+            else:
+                pending.remove(call_id)
+            if not isinstance(msg.get("content"), str):
+                errors.append(f"messages[{i}]: tool message content must be a string")
+            continue
+        if pending:
+            errors.append(f"messages[{i}]: tool calls {pending} were not answered")
+        pending = None
+        open_ids = set()
+        if role == "assistant" and msg.get("tool_calls"):
+            ids = [c.get("id") for c in msg["tool_calls"]]
+            if any(not isinstance(x, str) or not x for x in ids):
+                errors.append(f"messages[{i}]: a tool call has no id")
+            pending = [x for x in ids if isinstance(x, str)]
+            open_ids = set(pending)
+        elif role in ("user", "system") and not isinstance(msg.get("content"), (str, list)):
+            errors.append(f"messages[{i}]: {role} message without content")
+    if pending:
+        errors.append(f"tool calls {pending} were not answered")
+    for j, tool in enumerate(request.get("tools") or ()):
+        fn = tool.get("function") if isinstance(tool, dict) else None
+        if not (
+            isinstance(tool, dict)
+            and tool.get("type") == "function"
+            and isinstance(fn, dict)
+            and isinstance(fn.get("name"), str)
+            and name_ok.match(fn["name"])
+            and isinstance(fn.get("parameters", {}), dict)
+            and fn.get("parameters", {}).get("type", "object") == "object"
+        ):
+            errors.append(f"tools[{j}]: not a function schema with a valid name and parameters")
+    return errors
 
 
 def _append(path: str, data: bytes) -> None:

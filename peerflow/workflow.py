@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from peerflow.loading import load_object
-from peerflow.message import OK, RUNNING, Message
+from peerflow.message import OK, RUNNING, Message, Step
 
 END = "end"
 
@@ -26,11 +26,21 @@ Condition = Callable[[Message], bool]
 
 
 class Workflow:
-    """Base class; `tool_role` enables detours for steps that return tool calls."""
+    """Base class; `tool_role` enables detours for steps that return tool calls.
 
-    def __init__(self, *, tool_role: str | None = None, max_steps: int = 200):
+    The detour: a step with `tool_calls` (by any role but the tool role) goes to the tool
+    role, which answers every call in one step; the message then goes back to the caller,
+    which sees its calls and their results and speaks again. The workflow's own position
+    does not move meanwhile. Failed tool calls (`is_error` results) are counted per task in
+    `route["tool_errors"]`; at `max_tool_errors` the task fails with that reason.
+    """
+
+    def __init__(
+        self, *, tool_role: str | None = None, max_steps: int = 200, max_tool_errors: int = 5
+    ):
         self.tool_role = tool_role
         self.max_steps = max_steps
+        self.max_tool_errors = max_tool_errors
 
     # --- to implement ---------------------------------------------------
     def first(self, message: Message) -> str | None:
@@ -70,6 +80,8 @@ class Workflow:
                 role=last.role,
             )
             return None
+        if last.tool_results and self._tool_errors(message, last):
+            return None
         tool_role = self.tool_role
         if tool_role is not None and last.tool_calls and last.role != tool_role:
             message.route.setdefault("return", []).append(last.role)
@@ -95,6 +107,26 @@ class Workflow:
             if message.reason is None:
                 message.reason = "done"
         return nxt
+
+    def _tool_errors(self, message: Message, step: Step) -> bool:
+        """Count a tool step's failed calls; True (the task failed) at the cap."""
+        failed = sum(1 for r in step.tool_results or () if r.get("is_error"))
+        if not failed:
+            return False
+        total = message.route.get("tool_errors", 0) + failed
+        message.route["tool_errors"] = total
+        if total < self.max_tool_errors:
+            return False
+        last_error = next(r for r in reversed(step.tool_results or ()) if r.get("is_error"))
+        message.fail(
+            "workflow",
+            f"max_tool_errors ({self.max_tool_errors}) reached: {total} failed tool calls; "
+            f"last: {last_error.get('name') or '?'}: {last_error.get('content')}",
+            role=step.role,
+            tool_errors=total,
+        )
+        message.reason = "max_tool_errors"
+        return True
 
 
 class Sequence(Workflow):
@@ -222,7 +254,11 @@ def _condition(spec: str | dict[str, Any] | None) -> Condition | None:
 
 def build_workflow(config: Any) -> Workflow:
     """Make a workflow from its config section (one of the `*WorkflowConfig` models)."""
-    common = {"tool_role": config.tool_role, "max_steps": config.max_steps}
+    common = {
+        "tool_role": config.tool_role,
+        "max_steps": config.max_steps,
+        "max_tool_errors": getattr(config, "max_tool_errors", 5),
+    }
     kind = config.kind
     if kind == "sequence":
         return Sequence(config.roles, **common)

@@ -217,7 +217,9 @@ async def test_function_agent_errors() -> None:
     assert step.sampling is None and step.template is None
     buggy = FunctionAgent("f", FunctionOptions(function="test_agent_errors:bug"), {})
     step = await buggy.run(task())
-    assert not step.ok and not step.transient and step.error == "KeyError: 'oops'"
+    assert not step.ok and not step.transient
+    assert (step.error or "").startswith("roles.f (test_agent_errors:bug) at ")
+    assert (step.error or "").endswith("test_agent_errors.py:41: KeyError: 'oops'")
 
 
 def test_error_kind() -> None:

@@ -139,3 +139,32 @@ def test_condition_exception_fails_the_task_not_the_run() -> None:
     msg = message()
     drive(wf, msg)
     assert msg.status == "error" and msg.error["stage"] == "workflow"
+
+
+def tool_step(*errors: bool) -> Step:
+    results = [
+        {"tool_call_id": f"c{i}", "name": "f", "content": "x", "is_error": e}
+        for i, e in enumerate(errors)
+    ]
+    return Step(role="env", tool_results=results)
+
+
+def test_tool_results_round_trip_and_failed_calls_are_counted_to_the_cap() -> None:
+    wf = Sequence(["assistant", "user"], tool_role="env", max_tool_errors=3)
+    msg = message()
+    role = wf.start(msg)
+    assert role == "assistant"
+    calls = [{"id": "c0"}, {"id": "c1"}]
+    msg.history += [Step(role="assistant", tool_calls=calls)]
+    assert wf.advance(msg) == "env"
+    msg.history.append(tool_step(True, False))
+    assert from_json(to_json(msg)) == msg and from_bytes(to_bytes(msg)) == msg
+    assert wf.advance(msg) == "assistant"  # one error: back to the caller
+    assert msg.route["tool_errors"] == 1
+    msg.history += [Step(role="assistant", tool_calls=calls)]
+    assert wf.advance(msg) == "env"
+    msg.history.append(tool_step(True, True))
+    assert wf.advance(msg) is None
+    assert msg.status == "error" and msg.reason == "max_tool_errors"
+    assert msg.error["tool_errors"] == 3 and msg.error["role"] == "env"
+    assert "max_tool_errors (3) reached" in msg.error["message"]

@@ -1,14 +1,19 @@
-"""Agents: the per-role steps. Built-ins are named `llm` and `function` in YAML;
-anything else is a `module:Class` naming an `Agent` subclass."""
+"""Agents: the per-role steps. Built-ins are named `llm`, `function` and `tools` in
+YAML; anything else is a `module:Class` naming an `Agent` subclass."""
 
 from __future__ import annotations
 
 from peerflow.agents.base import Agent, AgentOptions, to_step
 from peerflow.agents.function import FunctionAgent
 from peerflow.agents.llm import LLMAgent
+from peerflow.agents.tools import ToolsAgent
 from peerflow.loading import load_object
 
-BUILTIN_AGENTS: dict[str, type[Agent]] = {"llm": LLMAgent, "function": FunctionAgent}
+BUILTIN_AGENTS: dict[str, type[Agent]] = {
+    "llm": LLMAgent,
+    "function": FunctionAgent,
+    "tools": ToolsAgent,
+}
 
 __all__ = [
     "BUILTIN_AGENTS",
@@ -16,6 +21,7 @@ __all__ = [
     "AgentOptions",
     "FunctionAgent",
     "LLMAgent",
+    "ToolsAgent",
     "agent_class",
     "to_step",
 ]

@@ -17,12 +17,14 @@ the failed step still holds the reply, so its text and tokens are not lost.
 from __future__ import annotations
 
 import inspect
+import re
 import time
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
+from peerflow.loading import user_frame
 from peerflow.message import Message, Step
 from peerflow.services.base import ChatResult, Service, error_kind
 
@@ -151,11 +153,33 @@ def failed_step(role: str, exc: BaseException, result: Any = None) -> Step:
     else:
         step = Step(role=role)
     step.ok = False
-    step.error = f"{type(exc).__name__}: {exc}"
+    step.error = describe_error(role, exc)
     step.transient = transient
     step.http_status = status
     step.attempts = attempts
     return step
+
+
+_NAMED = re.compile(r"roles\.[\w.-]+(?: \([^)]*\))?")
+
+
+def describe_error(role: str, exc: BaseException) -> str:
+    """`Type: message`, blamed on the innermost line of user code when user code raised.
+
+    A parse function or custom agent raising gives e.g. ``roles.judge (mymod:parse) at
+    mymod.py:12: ValueError: ...``; a message that already names its key (``roles.judge.parse
+    (mymod:parse) failed ...``) gets ``at mymod.py:12`` after that name.
+    """
+    text = f"{type(exc).__name__}: {exc}"
+    where = user_frame(exc)
+    if where is None:
+        return text
+    path, line, module, function = where
+    named = _NAMED.match(str(exc))
+    if named:
+        cut = len(type(exc).__name__) + 2 + named.end()
+        return f"{text[:cut]} at {path}:{line}{text[cut:]}"
+    return f"roles.{role} ({module}:{function}) at {path}:{line}: {text}"
 
 
 def to_step(role: str, result: Any) -> Step:

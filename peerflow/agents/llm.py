@@ -2,22 +2,27 @@
 
 Prompts are Jinja templates from YAML, compiled once per agent. The chat is
 rebuilt from the message history on every step (the message is the only
-state): the task's first message opens it, and for dialogue roles listed in
-`conversation` the agent's own past turns become `assistant` messages and the
-other roles' turns `user` messages, which is how a teacher and a student see
-one shared debate from their own side.
+state). How a role sees the shared history is its `view` (see `ViewOptions`):
+which roles' turns it sees, its own as `assistant` messages and every other
+speaker's as a separate `user` message labelled with the speaker's name (the
+`name` field and/or a prefix). A role always sees its own tool calls, each
+followed by one `tool` message per call with its `tool_call_id`, as the OpenAI
+API requires; no role ever sees a `tool` message for a call it did not make.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import re
 import weakref
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 import jinja2
 import jinja2.meta
-from pydantic import Field, field_validator
+import msgspec
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from peerflow.agents.base import Agent, AgentOptions, ParseError, to_step
@@ -53,17 +58,58 @@ CONTEXT_NAMES = frozenset({"vars", "row", "message", "history", "last", "role"})
 TASK_CONTEXT_NAMES = frozenset({"vars", "row"})
 
 
+class ViewOptions(BaseModel):
+    """How a role sees the shared history (the `view:` key of an LLM role).
+
+    - `include`: the roles whose turns it sees, in history order; its own turns become
+      `assistant` messages, every other role's turn a separate `user` message. Default:
+      none (the role sees only the task and its prompt). `conversation: [..]` is the same
+      list under its older name.
+    - `label`: how another speaker's turn says who spoke: `name` (OpenAI's `name` field,
+      the role name sanitised to `^[a-zA-Z0-9_-]+$`), `prefix` (the content starts with
+      `prefix`, "{role}: " by default), `both`, or `none`. `auto` (the default) is `none`
+      when the role sees at most one other speaker (a two-party dialogue needs no
+      labels) and `both` with more (many chat templates drop `name`, so the prefix keeps
+      the speaker visible to every model).
+    - `merge`: consecutive `user` messages merged into one (many chat templates need
+      user/assistant alternation). `auto` merges them only when turns are unlabelled
+      (`label: none`, e.g. a two-party dialogue), so every labelled turn stays its own
+      message; `true` always merges (labels then go in as prefixes); `false` never.
+    - `tools`: how other roles' tool exchanges appear: `hide` (only their text, if any)
+      or `summary` (a labelled user message listing each call and its result). A role
+      never gets `tool` messages for calls it did not make.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    include: list[str] | None = None
+    label: Literal["auto", "name", "prefix", "both", "none"] = "auto"
+    prefix: str = "{role}: "
+    merge: Literal["auto"] | bool = "auto"
+    tools: Literal["hide", "summary"] = "hide"
+
+
 class LLMOptions(AgentOptions):
     service: str
     system: str | None = None
     prompt: str | None = None  # appended as the last user message
-    conversation: list[str] | None = None
+    conversation: list[str] | None = None  # the same as view.include
+    view: ViewOptions = Field(default_factory=ViewOptions)
     include_task: bool = True
     sampling: dict[str, Any] = Field(default_factory=dict)
     # Request fields beyond sampling's known keys, merged into the request body unchecked.
     extra_body: dict[str, Any] = Field(default_factory=dict)
-    tools: list[dict[str, Any]] | None = None
+    # Tools offered: a tool role's name (all its tools), or a list of OpenAI schema dicts,
+    # tool role names and tool names. Names are resolved by the pipeline (see
+    # `peerflow.agents.tools.resolve_offered_tools`).
+    tools: str | list[str | dict[str, Any]] | None = None
     parse: str | None = None  # "module:function(message, text) -> dict | None" -> step.data
+
+    @model_validator(mode="after")
+    def _one_include_list(self) -> LLMOptions:
+        if self.conversation is not None and self.view.include is not None:
+            raise ValueError("give `conversation` or `view.include`, not both (they are one list)")
+        return self
 
     @field_validator("sampling")
     @classmethod
@@ -141,7 +187,24 @@ class LLMAgent(Agent):
         self.system = compile_template(options.system, f"roles.{role}.system")
         self.prompt = compile_template(options.prompt, f"roles.{role}.prompt")
         self.template = template_hash(options.system, options.prompt)
-        self.dialogue = set(options.conversation or ())
+        view = options.view
+        include = options.conversation if options.conversation is not None else view.include
+        self.dialogue = set(include or ())
+        label = view.label
+        if label == "auto":
+            label = "both" if len(self.dialogue - {role}) > 1 else "none"
+        if view.merge is True and label in ("name", "both"):
+            label = "prefix"  # a merged message has one name: keep every speaker in the text
+        self.label_name = label in ("name", "both")
+        self.label_prefix = label in ("prefix", "both")
+        self.merge = view.merge
+        if options.tools is not None and not all(
+            isinstance(t, dict) for t in _listed(options.tools)
+        ):
+            raise ValueError(
+                f"roles.{role}.tools: names tools ({options.tools!r}) that were not resolved; "
+                "build agents through the pipeline, or give OpenAI schema dicts"
+            )
         self.parse_fn = (
             load_object(options.parse, what=f"roles.{role}.parse") if options.parse else None
         )
@@ -158,33 +221,102 @@ class LLMAgent(Agent):
         }
 
     def chat(self, message: Message) -> list[dict[str, Any]]:
-        ctx = self.context(message) if (self.system or self.prompt) else {}
+        """The request's messages for this role's next turn.
+
+        A tool exchange still in progress (this role's latest tool calls and their
+        results) goes after the prompt, and the templates see the history as it was
+        when the turn began: the model continues the turn it started, and the prompt
+        does not change between its calls.
+        """
+        history = message.history
+        cut = self._pending_start(history)
+        seen = message
+        if cut < len(history) and (self.system or self.prompt):
+            seen = msgspec.structs.replace(message, history=history[:cut])
+        ctx = self.context(seen) if (self.system or self.prompt) else {}
         chat: list[dict[str, Any]] = []
         if self.system is not None:
             chat.append({"role": "system", "content": render(self.system, ctx)})
-        for step in message.history:
+        self._turns(chat, history, 0, cut, own=self.role in self.dialogue)
+        if self.prompt is not None:
+            self._user(chat, render(self.prompt, ctx))
+        self._turns(chat, history, cut, len(history), own=True)
+        return chat
+
+    def _pending_start(self, history: list[Step]) -> int:
+        """Where this role's unfinished tool exchange at the end of the history begins."""
+        i = len(history)
+        while i > 0:
+            step = history[i - 1]
+            if _is_tool_step(step) or (step.role == self.role and step.tool_calls):
+                i -= 1
+            else:
+                break
+        while i < len(history) and history[i].role != self.role:
+            i += 1  # results of someone else's calls: not part of this role's exchange
+        return i
+
+    def _turns(
+        self, chat: list[dict[str, Any]], history: list[Step], start: int, end: int, own: bool
+    ) -> None:
+        """Append the chat messages for history[start:end]; `own`: show this role's turns."""
+        role = self.role
+        for i in range(start, end):
+            step = history[i]
             if step.role == TASK_ROLE:
                 if self.options.include_task:
-                    _add(chat, "user", step.content or "")
+                    self._user(chat, step.content or "")
+            elif _is_tool_step(step):
+                continue  # shown with the call it answers, to the caller only
+            elif step.role == role:
+                if own:
+                    self._own(chat, history, i)
             elif step.role in self.dialogue:
-                if step.role == self.role:
-                    entry: dict[str, Any] = {"role": "assistant", "content": step.content or ""}
-                    if step.tool_calls:
-                        entry["tool_calls"] = step.tool_calls
-                    chat.append(entry)
-                elif step.tool_call_id:
-                    chat.append(
-                        {
-                            "role": "tool",
-                            "tool_call_id": step.tool_call_id,
-                            "content": step.content or "",
-                        }
-                    )
-                else:
-                    _add(chat, "user", step.content or "")
-        if self.prompt is not None:
-            _add(chat, "user", render(self.prompt, ctx))
-        return chat
+                text = step.content or ""
+                if step.tool_calls and self.options.view.tools == "summary":
+                    text = "\n".join(filter(None, [text, *_summary(history, i)]))
+                if text:
+                    self._user(chat, text, speaker=step.role)
+
+    def _own(self, chat: list[dict[str, Any]], history: list[Step], i: int) -> None:
+        step = history[i]
+        entry: dict[str, Any] = {"role": "assistant", "content": step.content or ""}
+        if not step.tool_calls:
+            chat.append(entry)
+            return
+        entry["tool_calls"] = step.tool_calls
+        chat.append(entry)
+        found = results_for(history, i)
+        for n, call in enumerate(step.tool_calls):
+            call_id = _call_id(call, n)
+            res = found.get(call_id)
+            if res is None:
+                content = "ERROR: no result was recorded for this tool call"
+            else:
+                content = str(res.get("content") or "")
+                if res.get("is_error") and not content.startswith("ERROR"):
+                    content = f"ERROR: {content}"
+            chat.append({"role": "tool", "tool_call_id": call_id, "content": content})
+
+    def _user(self, chat: list[dict[str, Any]], content: str, speaker: str | None = None) -> None:
+        """Append a user message, labelled when another speaker said it; merge per `view.merge`."""
+        entry: dict[str, Any] = {"role": "user", "content": content}
+        if speaker is not None:
+            if self.label_prefix:
+                entry["content"] = self.options.view.prefix.replace("{role}", speaker) + content
+            if self.label_name:
+                entry["name"] = speaker_name(speaker)
+        prev = chat[-1] if chat else None
+        mergeable = (
+            prev is not None
+            and prev["role"] == "user"
+            and self.merge is not False
+            and (self.merge is True or not (self.label_name or self.label_prefix))
+        )
+        if mergeable:
+            chat[-1] = {"role": "user", "content": f"{prev['content']}\n\n{entry['content']}"}
+        else:
+            chat.append(entry)
 
     async def preprocess(self, message: Message) -> dict[str, Any]:
         request: dict[str, Any] = {
@@ -193,7 +325,7 @@ class LLMAgent(Agent):
             **self.options.sampling,
         }
         if self.options.tools:
-            request["tools"] = self.options.tools
+            request["tools"] = _listed(self.options.tools)
         request.setdefault("seed", message.seed)
         return request
 
@@ -242,9 +374,65 @@ def template_hash(*sources: str | None) -> str | None:
     return h.hexdigest()
 
 
-def _add(chat: list[dict[str, Any]], role: str, content: str) -> None:
-    """Append, merging into a previous message of the same role: many servers need alternation."""
-    if chat and chat[-1]["role"] == role and "tool_calls" not in chat[-1]:
-        chat[-1] = {**chat[-1], "content": f"{chat[-1]['content']}\n\n{content}"}
-    else:
-        chat.append({"role": role, "content": content})
+_NOT_NAME = re.compile(r"[^a-zA-Z0-9_-]")
+
+
+def speaker_name(role: str) -> str:
+    """A role name as OpenAI's `name` field accepts it: ^[a-zA-Z0-9_-]{1,64}$."""
+    return _NOT_NAME.sub("_", role)[:64] or "_"
+
+
+def _listed(tools: Any) -> list[Any]:
+    return [tools] if isinstance(tools, (str, dict)) else list(tools)
+
+
+def _is_tool_step(step: Step) -> bool:
+    return bool(step.tool_results) or step.tool_call_id is not None
+
+
+def _call_id(call: Any, n: int) -> str:
+    return str(call.get("id") or f"call_{n}") if isinstance(call, dict) else f"call_{n}"
+
+
+def results_for(history: list[Step], i: int) -> dict[str, dict[str, Any]]:
+    """The results answering step i's tool calls, by call id.
+
+    They are looked for in the tool steps after step i and before the caller's next
+    step, so that call ids a server reuses across turns never pick up an older result.
+    """
+    caller = history[i].role
+    found: dict[str, dict[str, Any]] = {}
+    for step in history[i + 1 :]:
+        if step.role == caller:
+            break
+        if step.tool_results:
+            for res in step.tool_results:
+                found.setdefault(str(res.get("tool_call_id")), res)
+        elif step.tool_call_id is not None:
+            found.setdefault(
+                step.tool_call_id,
+                {
+                    "tool_call_id": step.tool_call_id,
+                    "content": step.content,
+                    "is_error": not step.ok,
+                },
+            )
+    return found
+
+
+def _summary(history: list[Step], i: int) -> list[str]:
+    """One line per tool call of step i: `called name(args) -> result`, for other roles."""
+    found = results_for(history, i)
+    lines = []
+    for n, call in enumerate(history[i].tool_calls or ()):
+        fn = call.get("function", {}) if isinstance(call, dict) else {}
+        args = fn.get("arguments", "")
+        if not isinstance(args, str):
+            args = json.dumps(args)
+        res = found.get(_call_id(call, n))
+        if res is None:
+            outcome = "(no result)"
+        else:
+            outcome = ("error: " if res.get("is_error") else "") + str(res.get("content") or "")
+        lines.append(f"[called {fn.get('name', '?')}({args}) -> {outcome}]")
+    return lines

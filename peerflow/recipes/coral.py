@@ -1,10 +1,15 @@
-"""Collaborative reasoning (Coral): a teacher and a student debate a multiple-choice question.
+"""Collaborative reasoning (Coral): speakers debate a multiple-choice question.
 
-Roles: teacher and student (LLM) take turns; after each turn an extractor
-(LLM) pulls the speaker's final answer letter and a matcher (plain function)
-compares the two latest answers. The task stops on agreement or after
-`max_turns` matcher turns. Success is *agreement correctness*: both agree and
-the agreed letter is the gold answer.
+Roles: two or more speakers (LLM; in the paper a teacher and a student) take
+turns; after each turn an extractor (LLM) pulls the speaker's final answer
+letter and a matcher (plain function) compares every speaker's latest answer.
+The task stops on agreement or after `max_turns` matcher turns. Success is
+*agreement correctness*: all agree and the agreed letter is the gold answer.
+
+No role name is hard-coded: the speaker of a turn is the latest step before the
+extractor that said something and is neither the task, a tool result, an
+extractor's nor a matcher's step; the extractor records it (`data.speaker`), and
+the matcher and the metrics read the speakers from those records.
 
 The dummy agents at the bottom replace the LLM roles with canned text of the
 paper's size (1,024 characters +-20%) so that benchmarks measure the
@@ -21,7 +26,6 @@ from peerflow.agents.base import Agent, AgentOptions
 from peerflow.message import OK, Message, Step
 
 LETTERS = "ABCDEFGHIJ"
-SPEAKERS = ("teacher", "student")
 _PAREN = re.compile(r"\(([A-J])\)")
 _ANSWER_IS = re.compile(r"answer is:?\s*\(?([A-J])\b")
 
@@ -30,9 +34,22 @@ def format_options(options: list[str]) -> str:
     return "\n".join(f"{LETTERS[i]}. {text}" for i, text in enumerate(options))
 
 
+def _is_speaker(step: Step) -> bool:
+    """A debate turn: not the task, a tool result, an extractor's or a matcher's step."""
+    data = step.data or {}
+    return (
+        step.role != "task"
+        and not step.tool_results
+        and step.tool_call_id is None
+        and bool(step.content)
+        and "speaker" not in data
+        and "agree" not in data
+    )
+
+
 def extract_answer(message: Message, text: str) -> dict[str, Any]:
     """Parse the extractor's reply: "(C)" -> C; "not sure yet" or junk -> None."""
-    speaker = message.last(*SPEAKERS)
+    speaker = next((s for s in reversed(message.history) if _is_speaker(s)), None)
     found = _PAREN.search(text) or _ANSWER_IS.search(text)
     if not found:
         stripped = text.strip().strip(".").upper()
@@ -42,26 +59,39 @@ def extract_answer(message: Message, text: str) -> dict[str, Any]:
     return {"answer": answer, "speaker": speaker.role if speaker else None}
 
 
-def latest_answers(message: Message) -> dict[str, str | None]:
-    """Each speaker's latest extracted answer; an unclear later turn keeps the earlier one."""
-    answers: dict[str, str | None] = {"teacher": None, "student": None}
+def speakers(message: Message) -> list[str]:
+    """The speakers whose turns an extractor has read so far, in order of first turn."""
+    seen: dict[str, None] = {}
     for step in message.history:
         data = step.data
-        if data and step.role == "extractor" and data.get("answer"):
+        if data and "answer" in data and data.get("speaker"):
+            seen.setdefault(data["speaker"], None)
+    return list(seen)
+
+
+def latest_answers(message: Message) -> dict[str, str | None]:
+    """Each speaker's latest extracted answer; an unclear later turn keeps the earlier one."""
+    answers: dict[str, str | None] = dict.fromkeys(speakers(message))
+    for step in message.history:
+        data = step.data
+        if data and data.get("speaker") and data.get("answer"):
             answers[data["speaker"]] = data["answer"]
     return answers
 
 
-def match(message: Message) -> dict[str, Any]:
+def match(message: Message, min_speakers: int = 2) -> dict[str, Any]:
+    """Agreement: at least `min_speakers` speakers have spoken and all give the same letter.
+
+    The verdict lists each speaker's latest answer under its role name.
+    """
     answers = latest_answers(message)
-    teacher, student = answers["teacher"], answers["student"]
-    agree = teacher is not None and teacher == student
+    given = set(answers.values())
+    agree = len(answers) >= min_speakers and len(given) == 1 and None not in given
     gold = message.vars.get("answer")
     return {
-        "teacher": teacher,
-        "student": student,
+        **answers,
         "agree": agree,
-        "correct": bool(agree and teacher == gold),
+        "correct": bool(agree and next(iter(given)) == gold),
     }
 
 
@@ -70,7 +100,7 @@ def finished(message: Message) -> bool:
 
 
 def metrics(message: Message) -> dict[str, Any]:
-    verdicts = [s.data for s in message.history if s.role == "matcher" and s.data]
+    verdicts = [s.data for s in message.history if s.data and "agree" in s.data]
     last = verdicts[-1] if verdicts else {}
     lengths = {
         role: [
@@ -78,7 +108,7 @@ def metrics(message: Message) -> dict[str, Any]:
             for s in message.history
             if s.role == role and s.usage
         ]
-        for role in SPEAKERS
+        for role in speakers(message)
     }
     out: dict[str, Any] = {
         "conv_ok": message.status == OK,

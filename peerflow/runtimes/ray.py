@@ -655,20 +655,25 @@ class RayRuntime:
         return self.admission.in_flight if self.admission is not None else 0
 
     # -- lifecycle ------------------------------------------------------------------------
-    def _init_ray(self) -> bool:
+    def _init_ray(self, config: RunConfig | None = None) -> bool:
+        """Start or join Ray; user code ships to its workers (`loading.ray_runtime_env`)."""
         import ray
+
+        from peerflow.loading import ray_runtime_env
 
         if ray.is_initialized():
             return False
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         cfg = self.config
+        env = ray_runtime_env(config) if config is not None else None
         if cfg.address:
-            ray.init(address=cfg.address, logging_level=logging.WARNING)
+            ray.init(address=cfg.address, logging_level=logging.WARNING, runtime_env=env)
         else:
             ray.init(
                 num_cpus=cfg.num_cpus or os.cpu_count(),
                 include_dashboard=cfg.dashboard,
                 logging_level=logging.WARNING,
+                runtime_env=env,
             )
         return True
 
@@ -676,7 +681,7 @@ class RayRuntime:
         import ray
 
         self.stats = stats
-        started_ray = self._init_ray()
+        started_ray = self._init_ray(pipeline.config)
         server = None
         try:
             check_placement(pipeline.config, ray.nodes(), ray.available_resources())

@@ -90,6 +90,11 @@ def _normalise_base(url: str) -> str:
     return url.strip().rstrip("/")
 
 
+# Base URLs whose server labelled itself the peerflow simulator (its `X-Peerflow-Simulator`
+# header) in a health probe; the run summary marks services using them SIMULATED.
+SIMULATED_BASES: set[str] = set()
+
+
 def _retry_after_seconds(value: str | None) -> float | None:
     """Seconds a server asked us to wait; accepts delta-seconds (also fractional) or a date."""
     if not value:
@@ -260,6 +265,8 @@ class OpenAIService:
                     await resp.read()
                     ok = resp.status < 500
                     why = f"HTTP {resp.status}"
+                    if resp.headers.get("X-Peerflow-Simulator"):
+                        SIMULATED_BASES.add(ep.base)
             except asyncio.TimeoutError:
                 ok, why = False, f"timed out (connect {self.connect_timeout:g}s)"
             except (aiohttp.ClientError, OSError) as e:

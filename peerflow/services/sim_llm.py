@@ -17,7 +17,52 @@ so its CPU cost is per request, not per token.
 
 Scripts make workflows terminate as they would with a model: ``coral`` plays the teacher and
 student debate (converging on one letter after ``agree_after`` turns) and the answer extractor;
-a YAML/JSON rules file maps regexes on the last user message to canned replies.
+``lorem`` (the default) answers filler text; a YAML/JSON rules file is a test double for any
+workflow.
+
+Rules file. A list of rules (or a mapping ``{rules: [...], default: <reply>}``); the first rule
+whose every selector matches gives the reply, else ``default``, else filler text (or, when the
+request asks for ``response_format`` JSON, a JSON value of its schema)::
+
+    - when:
+        role: judge              # the caller's name: regex, full match; a list = any of them
+        system: "(?i)judge"      # regex searched in the system (and developer) messages
+        last: "(?i)verdict"      # regex searched in the last message, whatever its role
+        last_role: tool          # role of the last message (or a list of roles)
+        user: "compute (?P<expr>[-+*/0-9 ]+)"   # regex in the last user message
+        assistant: "..."         # ... in the last assistant message; `tool:` the last tool one
+        turn: 0                  # assistant messages in the request: int, [0, 2], {min: 1, max: 3}
+        tools: [calculator]      # these tools are offered (true: any tool, false: none)
+      reply: "The verdict is A."   # text; {filler}, {turn}, {role} and named groups filled in
+    - when: {tools: [calculator, lookup], last_role: user}
+      reply:
+        text: "Let me check."    # optional content beside the calls
+        tool_calls:              # one or several calls; ids are deterministic per request
+          - {name: calculator, arguments: {expression: "{expr}"}}
+          - {name: lookup, arguments: {key: "capital"}}
+    - when: {role: scorer}
+      reply: {json: {score: 3, reason: "fine"}}   # content is this value as JSON text
+    - when: {system: "(?i)structured"}
+      reply: {json: schema}      # generated from the request's response_format json_schema
+
+The older form ``- {match: <regex on the last user message>, reply: <text>}`` still works.
+A rule whose reply calls tools only matches when the request offers those tools (a model
+calls only tools it is given), so a tool loop ends by itself once tools are not offered.
+The caller's name comes from standard request fields only, the first found: the ``user``
+field, ``metadata.role``, a ``name`` on a system message, or the word after "You are
+(a|an|the)" in the system prompt (``You are the judge.`` -> ``judge``).
+
+Tokens. Prompts and scripted replies are both counted as one token per 4 characters (rounded
+up); the reply's count sets its decode time and its ``usage``. Scripted text longer than
+``max_tokens`` is cut there (``finish_reason: length``); tool calls give ``tool_calls``.
+
+Strict validation (``--strict``, on by default): requests a strict OpenAI server rejects get
+HTTP 400 with an OpenAI-style ``{"error": {"message", "type": "invalid_request_error",
+"param"}}`` body: unknown message roles, missing content (assistant content may be absent only
+with ``tool_calls``), malformed ``tool_calls`` (arguments must be a JSON string), a ``tool``
+message that answers no call of the assistant message just before it, a call left unanswered
+before the next other message, and a malformed ``tools`` list (``type: function``, a
+``function.name``, ``parameters`` an object schema). ``--strict false`` turns this off.
 
 Run it with ``python -m peerflow.services.sim_llm --port 8000 --script coral`` or in-process
 via `SimLLMServer`.
@@ -38,6 +83,7 @@ import re
 import signal
 import sys
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -49,7 +95,18 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
-__all__ = ["SimLLMServer", "SimOptions", "SimServiceOptions", "build_parser", "main"]
+__all__ = [
+    "Reply",
+    "RequestError",
+    "SimLLMServer",
+    "SimOptions",
+    "SimServiceOptions",
+    "build_parser",
+    "count_tokens",
+    "json_instance",
+    "main",
+    "validate_request",
+]
 
 SIM_NAME = "peerflow-simulator"
 SIM_HEADER = "X-Peerflow-Simulator"
@@ -111,6 +168,7 @@ class SimOptions:
     rate_limit_rate: float = 0.0
     retry_after: float = 1.0
     garbage_rate: float = 0.0
+    strict: bool = True
 
     def __post_init__(self) -> None:
         # Fail at startup: a bad value would otherwise surface as a hang or a crashed engine.
@@ -160,6 +218,7 @@ class SimServiceOptions(BaseModel):
     rate_limit_rate: float = Field(default=0.0, ge=0, le=1)
     retry_after: float = Field(default=1.0, ge=0)
     garbage_rate: float = Field(default=0.0, ge=0, le=1)
+    strict: bool = True
 
     @model_validator(mode="after")
     def _whole(self) -> SimServiceOptions:
@@ -206,39 +265,283 @@ def _content_text(content: Any) -> str:
     raise ValueError("message content must be a string, a list of parts or null")
 
 
+class RequestError(ValueError):
+    """A request a strict OpenAI server rejects with HTTP 400; `param` names the field."""
+
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message)
+        self.param = param
+
+
+_ROLES = ("system", "developer", "user", "assistant", "tool")
+_TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_YOU_ARE = re.compile(r"\bYou are (?:the |a |an )?([A-Za-z0-9_][\w-]*)", re.IGNORECASE)
+
+
+def count_tokens(text: str) -> int:
+    """The simulator's tokenizer, for prompts and scripted replies alike: 4 characters a token."""
+    return math.ceil(len(text) / 4)
+
+
+def _check_content(content: Any, where: str, required: bool) -> None:
+    if content is None:
+        if required:
+            raise RequestError(f"{where}.content is required", f"{where}.content")
+        return
+    if isinstance(content, str):
+        return
+    if not isinstance(content, list):
+        raise RequestError(
+            f"{where}.content must be a string or an array of content parts",
+            f"{where}.content",
+        )
+    for j, part in enumerate(content):
+        if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+            raise RequestError(
+                f"{where}.content[{j}] must be an object with a string 'type'",
+                f"{where}.content[{j}]",
+            )
+        if part["type"] == "text" and not isinstance(part.get("text"), str):
+            raise RequestError(
+                f"{where}.content[{j}].text must be a string", f"{where}.content[{j}].text"
+            )
+
+
+def _check_tools(tools: Any) -> set[str]:
+    """The names of well-formed `tools`; raises on what OpenAI's schema check rejects."""
+    if not isinstance(tools, list):
+        raise RequestError("'tools' must be an array", "tools")
+    names: set[str] = set()
+    for i, tool in enumerate(tools):
+        p = f"tools[{i}]"
+        if not isinstance(tool, dict):
+            raise RequestError(f"{p} must be an object", p)
+        if tool.get("type") != "function":
+            raise RequestError(
+                f"{p}.type must be 'function' (got {tool.get('type')!r})", f"{p}.type"
+            )
+        fn = tool.get("function")
+        if not isinstance(fn, dict):
+            raise RequestError(f"{p}.function is required and must be an object", f"{p}.function")
+        name = fn.get("name")
+        if not isinstance(name, str) or not _TOOL_NAME.fullmatch(name):
+            raise RequestError(
+                f"{p}.function.name is required: 1 to 64 letters, digits, '_' or '-' "
+                f"(got {name!r})",
+                f"{p}.function.name",
+            )
+        if name in names:
+            raise RequestError(f"{p}.function.name: duplicate tool name {name!r}", f"{p}.function")
+        names.add(name)
+        if "description" in fn and not isinstance(fn["description"], str):
+            raise RequestError(
+                f"{p}.function.description must be a string", f"{p}.function.description"
+            )
+        params = fn.get("parameters")
+        if params is not None:
+            if not isinstance(params, dict) or params.get("type") != "object":
+                raise RequestError(
+                    f"{p}.function.parameters must be a JSON schema of type 'object'",
+                    f"{p}.function.parameters",
+                )
+            props = params.get("properties")
+            if props is not None and not (
+                isinstance(props, dict) and all(isinstance(s, dict) for s in props.values())
+            ):
+                raise RequestError(
+                    f"{p}.function.parameters.properties must map names to schemas",
+                    f"{p}.function.parameters.properties",
+                )
+    return names
+
+
+def _check_tool_calls(calls: Any, where: str) -> list[str]:
+    if not isinstance(calls, list) or not calls:
+        raise RequestError(f"{where}.tool_calls must be a non-empty array", f"{where}.tool_calls")
+    ids: list[str] = []
+    for j, call in enumerate(calls):
+        p = f"{where}.tool_calls[{j}]"
+        if not isinstance(call, dict):
+            raise RequestError(f"{p} must be an object", p)
+        cid = call.get("id")
+        if not isinstance(cid, str) or not cid:
+            raise RequestError(f"{p}.id is required and must be a string", f"{p}.id")
+        if cid in ids:
+            raise RequestError(f"{p}.id: duplicate tool call id {cid!r}", f"{p}.id")
+        if call.get("type") != "function":
+            raise RequestError(f"{p}.type must be 'function'", f"{p}.type")
+        fn = call.get("function")
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+            raise RequestError(f"{p}.function.name is required", f"{p}.function")
+        if not isinstance(fn.get("arguments"), str):
+            raise RequestError(
+                f"{p}.function.arguments must be a string (JSON text), "
+                f"not {type(fn.get('arguments')).__name__}",
+                f"{p}.function.arguments",
+            )
+        ids.append(cid)
+    return ids
+
+
+def validate_request(body: dict[str, Any]) -> None:
+    """Raise `RequestError` for what a strict OpenAI-compatible server rejects.
+
+    Checked: message roles; content where it is required; every assistant `tool_calls`
+    entry (id, type, function name, arguments as a string); that each `tool` message
+    answers a call of the assistant message just before it (tool messages in between),
+    and that every call is answered before the next other message (or the end); the
+    `tools` schema; `tool_choice`; and `response_format`.
+    """
+    names = _check_tools(body["tools"]) if body.get("tools") is not None else set()
+    choice = body.get("tool_choice")
+    if choice is not None:
+        if isinstance(choice, str):
+            if choice not in ("none", "auto", "required"):
+                raise RequestError(f"tool_choice {choice!r} is not none, auto or required")
+            if choice == "required" and not names:
+                raise RequestError("tool_choice 'required' needs 'tools'", "tool_choice")
+        else:
+            fn = choice.get("function") if isinstance(choice, dict) else None
+            name = fn.get("name") if isinstance(fn, dict) else None
+            if name not in names:
+                raise RequestError(
+                    f"tool_choice names function {name!r}, which is not in 'tools'",
+                    "tool_choice",
+                )
+    fmt = body.get("response_format")
+    if fmt is not None:
+        kind = fmt.get("type") if isinstance(fmt, dict) else None
+        if kind not in ("text", "json_object", "json_schema"):
+            raise RequestError(
+                "response_format.type must be text, json_object or json_schema",
+                "response_format",
+            )
+        if kind == "json_schema":
+            spec = fmt.get("json_schema")
+            if not (
+                isinstance(spec, dict)
+                and isinstance(spec.get("name"), str)
+                and isinstance(spec.get("schema", {}), dict)
+            ):
+                raise RequestError(
+                    "response_format.json_schema needs a string 'name' and an object 'schema'",
+                    "response_format.json_schema",
+                )
+    pending: list[str] = []  # calls of the open assistant message not yet answered
+    opened = -1
+    for i, m in enumerate(body["messages"]):
+        p = f"messages[{i}]"
+        role = m["role"]
+        if role not in _ROLES:
+            raise RequestError(
+                f"{p}.role: unknown role {role!r}; expected one of {', '.join(_ROLES)}",
+                f"{p}.role",
+            )
+        if "name" in m and not isinstance(m["name"], str):
+            raise RequestError(f"{p}.name must be a string", f"{p}.name")
+        if role != "tool" and pending:
+            raise RequestError(
+                f"an assistant message with 'tool_calls' must be followed by tool messages "
+                f"responding to each 'tool_call_id'; messages[{opened}] has no response for "
+                f"{', '.join(pending)} before {p} (role {role!r})",
+                f"messages[{opened}].tool_calls",
+            )
+        content = m.get("content")
+        if role == "tool":
+            cid = m.get("tool_call_id")
+            if not isinstance(cid, str) or not cid:
+                raise RequestError(f"{p}.tool_call_id is required", f"{p}.tool_call_id")
+            if cid not in pending:
+                raise RequestError(
+                    f"{p}: messages with role 'tool' must be a response to a preceding "
+                    f"message with 'tool_calls'; no open tool call has id {cid!r}",
+                    f"{p}.tool_call_id",
+                )
+            pending.remove(cid)
+            _check_content(content, p, required=True)
+        elif role == "assistant" and m.get("tool_calls") is not None:
+            pending = _check_tool_calls(m["tool_calls"], p)
+            opened = i
+            _check_content(content, p, required=False)
+        else:
+            _check_content(content, p, required=True)
+    if pending:
+        raise RequestError(
+            f"an assistant message with 'tool_calls' must be followed by tool messages "
+            f"responding to each 'tool_call_id'; messages[{opened}] has no response for "
+            f"{', '.join(pending)}",
+            f"messages[{opened}].tool_calls",
+        )
+
+
 class _Chat:
     """The parts of a chat request that scripts and the timing model look at."""
 
-    __slots__ = ("max_tokens", "messages", "model", "prompt_tokens", "rng")
+    __slots__ = (
+        "body",
+        "key",
+        "max_tokens",
+        "messages",
+        "model",
+        "prompt_tokens",
+        "raw",
+        "rng",
+        "tools",
+    )
 
     def __init__(self, body: Any, options: SimOptions):
         if not isinstance(body, dict):
-            raise ValueError("the request body must be a JSON object")
+            raise RequestError("the request body must be a JSON object")
         if body.get("stream"):
-            raise ValueError("stream=true is not supported by the simulator")
+            raise RequestError("stream=true is not supported by the simulator", "stream")
         raw = body.get("messages")
         if not isinstance(raw, list) or not raw:
-            raise ValueError("'messages' must be a non-empty list")
+            raise RequestError("'messages' must be a non-empty list", "messages")
         messages: list[tuple[str, str]] = []
-        for m in raw:
+        extra = 0  # characters of tool calls, which the prompt holds besides contents
+        for i, m in enumerate(raw):
             if not isinstance(m, dict) or not isinstance(m.get("role"), str):
-                raise ValueError("each message must be an object with a string 'role'")
-            messages.append((m["role"], _content_text(m.get("content"))))
+                raise RequestError(
+                    "each message must be an object with a string 'role'", f"messages[{i}]"
+                )
+            try:
+                messages.append((m["role"], _content_text(m.get("content"))))
+            except ValueError as exc:
+                raise RequestError(f"messages[{i}]: {exc}", f"messages[{i}].content") from None
+            calls = m.get("tool_calls")
+            if isinstance(calls, list):
+                for call in calls:
+                    fn = call.get("function") if isinstance(call, dict) else None
+                    if isinstance(fn, dict):
+                        extra += sum(len(v) for v in fn.values() if isinstance(v, str))
+        if options.strict:
+            validate_request(body)
         max_tokens = body.get("max_completion_tokens")
         if max_tokens is None:
             max_tokens = body.get("max_tokens")
         if max_tokens is None:
             max_tokens = options.default_max_tokens
         if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
-            raise ValueError("'max_tokens' must be a positive integer")
+            raise RequestError("'max_tokens' must be a positive integer", "max_tokens")
         seed = body.get("seed")
         model = body.get("model")
+        self.body = body
+        self.raw = raw
         self.model = model if isinstance(model, str) and model else "default"
         self.messages = messages
         self.max_tokens = max_tokens
-        chars = sum(len(text) for _, text in messages)
+        tools = body.get("tools")
+        self.tools = [
+            t["function"]["name"]
+            for t in (tools if isinstance(tools, list) else ())
+            if isinstance(t, dict)
+            and isinstance(t.get("function"), dict)
+            and isinstance(t["function"].get("name"), str)
+        ]
+        chars = sum(len(text) for _, text in messages) + extra
         self.prompt_tokens = math.ceil(chars / 4) + 4 * len(messages)
-        self.rng = random.Random(_digest(options.seed, seed, *(x for m in messages for x in m)))
+        self.key = _digest(options.seed, seed, *(x for m in messages for x in m))
+        self.rng = random.Random(self.key)
 
     def first(self, role: str) -> str | None:
         return next((text for r, text in self.messages if r == role), None)
@@ -246,12 +549,85 @@ class _Chat:
     def last(self, role: str) -> str | None:
         return next((text for r, text in reversed(self.messages) if r == role), None)
 
+    @property
+    def turn(self) -> int:
+        """The caller's earlier turns: the assistant messages in the request."""
+        return sum(1 for role, _ in self.messages if role == "assistant")
 
-# A script turns a chat and its sampled length into (reply text, completion tokens).
-Script = Callable[[_Chat, int, bool], tuple[str, int]]
+    @property
+    def system(self) -> str:
+        """Every system (and developer) message, joined."""
+        return "\n\n".join(text for r, text in self.messages if r in ("system", "developer"))
+
+    @property
+    def speaker(self) -> str:
+        """The caller's name, from standard fields only (see the module docstring)."""
+        user = self.body.get("user")
+        if isinstance(user, str) and user:
+            return user
+        meta = self.body.get("metadata")
+        if isinstance(meta, dict) and isinstance(meta.get("role"), str):
+            return meta["role"]
+        for m in self.raw:
+            if m.get("role") in ("system", "developer") and isinstance(m.get("name"), str):
+                return m["name"]
+        found = _YOU_ARE.search(self.system)
+        return found.group(1) if found else ""
+
+    def schema(self) -> dict[str, Any] | None:
+        """The JSON schema `response_format` asks for; {} for json_object; None for text."""
+        fmt = self.body.get("response_format")
+        if not isinstance(fmt, dict):
+            return None
+        if fmt.get("type") == "json_object":
+            return {"type": "object"}
+        if fmt.get("type") == "json_schema":
+            spec = fmt.get("json_schema")
+            schema = spec.get("schema") if isinstance(spec, dict) else None
+            return schema if isinstance(schema, dict) else {"type": "object"}
+        return None
 
 
-def _lorem(chat: _Chat, target: int, truncated: bool) -> tuple[str, int]:
+@dataclasses.dataclass
+class Reply:
+    """A scripted reply; its tokens are counted from its text unless `tokens` is given."""
+
+    content: str | None
+    tool_calls: list[dict[str, Any]] | None = None
+    tokens: int | None = None
+
+
+# A script turns a chat and its sampled length into (reply text, completion tokens) or a Reply.
+Script = Callable[[_Chat, int, bool], "tuple[str, int] | Reply"]
+
+
+def _settle(out: tuple[str, int] | Reply, max_tokens: int) -> tuple[Reply, int, str]:
+    """The reply as sent, its completion tokens and its finish_reason.
+
+    Scripted text is counted with `count_tokens` and cut at `max_tokens` like a real
+    server would; tool calls are never cut (a half call is no call).
+    """
+    if isinstance(out, tuple):
+        text, tokens = out
+        return Reply(text), tokens, "length" if tokens == max_tokens else "stop"
+    if out.tokens is not None:
+        return out, out.tokens, "length" if out.tokens == max_tokens else "stop"
+    content = out.content or ""
+    if out.tool_calls:
+        parts = [content] + [
+            c["function"]["name"] + c["function"]["arguments"] for c in out.tool_calls
+        ]
+        return out, max(1, count_tokens("".join(parts))), "tool_calls"
+    tokens = max(1, count_tokens(content))
+    if tokens > max_tokens:
+        return Reply(content[: 4 * max_tokens]), max_tokens, "length"
+    return out, tokens, "stop"
+
+
+def _lorem(chat: _Chat, target: int, truncated: bool) -> tuple[str, int] | Reply:
+    schema = chat.schema()
+    if schema is not None:  # a structured-output request gets JSON, as from a real server
+        return Reply(json.dumps(json_instance(schema, chat.rng), ensure_ascii=False))
     return filler(chat.rng, target), target
 
 
@@ -303,25 +679,295 @@ def _coral(agree_after: int, seed: int) -> Script:
     return script
 
 
+# ------------------------------------------------------------------------- JSON
+
+
+def json_instance(schema: Any, rng: random.Random, root: Any = None, depth: int = 0) -> Any:
+    """A deterministic value that satisfies common JSON schemas (structured-output replies).
+
+    Handles $ref (local), const, enum, anyOf/oneOf (first non-null), allOf (merged),
+    objects (every property), arrays (minItems, at least one item), strings (formats,
+    lengths), integers and numbers (bounds), booleans and null.
+    """
+    root = schema if root is None else root
+    if not isinstance(schema, dict) or depth > 12:
+        return None
+    ref = schema.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#"):
+        target: Any = root
+        for part in ref[1:].split("/"):
+            if part:
+                target = target.get(part.replace("~1", "/").replace("~0", "~"), {})
+        return json_instance(target, rng, root, depth + 1)
+    if "const" in schema:
+        return schema["const"]
+    if isinstance(schema.get("enum"), list) and schema["enum"]:
+        return schema["enum"][rng.randrange(len(schema["enum"]))]
+    for key in ("anyOf", "oneOf"):
+        options = schema.get(key)
+        if isinstance(options, list) and options:
+            usable = [o for o in options if not (isinstance(o, dict) and o.get("type") == "null")]
+            return json_instance((usable or options)[0], rng, root, depth + 1)
+    if isinstance(schema.get("allOf"), list):
+        merged: dict[str, Any] = {}
+        for part in schema["allOf"]:
+            if isinstance(part, dict):
+                merged = {
+                    **merged,
+                    **part,
+                    "properties": {**merged.get("properties", {}), **part.get("properties", {})},
+                }
+        return json_instance(merged, rng, root, depth + 1)
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind is None:
+        kind = "object" if "properties" in schema else "array" if "items" in schema else "string"
+    if kind == "object":
+        props = schema.get("properties")
+        if not isinstance(props, dict):
+            return {}
+        return {name: json_instance(sub, rng, root, depth + 1) for name, sub in props.items()}
+    if kind == "array":
+        low = schema.get("minItems", 1)
+        high = schema.get("maxItems", max(low, 2))
+        n = max(low, min(high, 1 + rng.randrange(2)))
+        return [json_instance(schema.get("items", {}), rng, root, depth + 1) for _ in range(n)]
+    if kind in ("integer", "number"):
+        low = schema.get("minimum", schema.get("exclusiveMinimum", -1) + 1)
+        high = schema.get("maximum", schema.get("exclusiveMaximum", low + 11) - 1)
+        high = max(low, high)
+        if kind == "integer":
+            return rng.randint(math.ceil(low), max(math.ceil(low), math.floor(high)))
+        return round(rng.uniform(low, high), 3)
+    if kind == "boolean":
+        return rng.random() < 0.5
+    if kind == "null":
+        return None
+    fmt = schema.get("format")
+    if fmt == "date-time":
+        return "2024-01-01T00:00:00Z"
+    if fmt == "date":
+        return "2024-01-01"
+    if fmt == "email":
+        return "sim@example.com"
+    if fmt in ("uri", "url"):
+        return "https://example.com/sim"
+    if fmt == "uuid":
+        return str(uuid.UUID(int=rng.getrandbits(128), version=4))
+    text = " ".join(rng.choices(_VOCAB, k=3))
+    low, high = schema.get("minLength", 0), schema.get("maxLength")
+    while len(text) < low:
+        text += " " + rng.choice(_VOCAB)
+    return text[:high] if isinstance(high, int) else text
+
+
+# ------------------------------------------------------------------------ rules
+
+_SELECTORS = frozenset(
+    ("role", "system", "last", "last_role", "user", "assistant", "tool", "turn", "tools")
+)
+_REGEX_SELECTORS = ("system", "last", "user", "assistant", "tool")
+_REPLY_KEYS = frozenset(("text", "content", "tool_calls", "json"))
+_PLACEHOLDER = re.compile(r"\{(\w+)\}")
+
+
+def _fill(value: Any, values: dict[str, str]) -> Any:
+    """Replace {name} placeholders with known values in every string of `value`."""
+    if isinstance(value, str):
+        return _PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), value)
+    if isinstance(value, list):
+        return [_fill(v, values) for v in value]
+    if isinstance(value, dict):
+        return {k: _fill(v, values) for k, v in value.items()}
+    return value
+
+
+class _Rule:
+    """One compiled rule: every selector it gives must match; the first rule to match wins."""
+
+    def __init__(self, raw: Any, where: str):
+        if not isinstance(raw, dict):
+            raise ValueError(f"{where}: a rule is a mapping with 'when' (or 'match') and 'reply'")
+        unknown = set(raw) - {"when", "match", "reply"}
+        if unknown or "reply" not in raw:
+            raise ValueError(
+                f"{where}: a rule has 'when' (or the older 'match') and 'reply'"
+                + (f"; unknown keys: {', '.join(sorted(map(str, unknown)))}" if unknown else "")
+            )
+        when = raw.get("when") or {}
+        if not isinstance(when, dict):
+            raise ValueError(f"{where}.when: expected a mapping of selectors")
+        if "match" in raw:
+            when = {**when, "user": raw["match"]}
+        bad = set(when) - _SELECTORS
+        if bad:
+            raise ValueError(
+                f"{where}.when: unknown selectors {', '.join(sorted(map(str, bad)))}; "
+                f"known: {', '.join(sorted(_SELECTORS))}"
+            )
+        try:
+            self.regexes = {k: re.compile(str(when[k])) for k in _REGEX_SELECTORS if k in when}
+            roles = when.get("role")
+            self.role = (
+                None
+                if roles is None
+                else [re.compile(str(r)) for r in (roles if isinstance(roles, list) else [roles])]
+            )
+        except re.error as exc:
+            raise ValueError(f"{where}.when: bad regex: {exc}") from None
+        last_role = when.get("last_role")
+        self.last_role = (
+            None
+            if last_role is None
+            else set(last_role if isinstance(last_role, list) else [last_role])
+        )
+        self.turn = self._turns(when.get("turn"), where)
+        tools = when.get("tools")
+        if tools is not None and not isinstance(tools, bool | list):
+            raise ValueError(f"{where}.when.tools: expected a list of tool names, true or false")
+        self.tools = tools
+        self.reply = self._reply(raw["reply"], where)
+
+    @staticmethod
+    def _turns(turn: Any, where: str) -> Callable[[int], bool] | None:
+        if turn is None:
+            return None
+        if isinstance(turn, int) and not isinstance(turn, bool):
+            return lambda t: t == turn
+        if isinstance(turn, list) and all(isinstance(t, int) for t in turn):
+            return lambda t: t in turn
+        if isinstance(turn, dict) and set(turn) <= {"min", "max"}:
+            low, high = turn.get("min", 0), turn.get("max", math.inf)
+            return lambda t: low <= t <= high
+        raise ValueError(f"{where}.when.turn: expected an int, a list of ints or {{min, max}}")
+
+    @staticmethod
+    def _reply(reply: Any, where: str) -> dict[str, Any]:
+        if isinstance(reply, str):
+            return {"text": reply}
+        if not isinstance(reply, dict) or not reply or set(reply) - _REPLY_KEYS:
+            raise ValueError(
+                f"{where}.reply: a string, or a mapping of text, tool_calls and/or json"
+            )
+        reply = dict(reply)
+        if "content" in reply:
+            reply["text"] = reply.pop("content")
+        if "json" in reply and ("text" in reply or "tool_calls" in reply):
+            raise ValueError(f"{where}.reply: json replaces the text; give one or the other")
+        calls = reply.get("tool_calls")
+        if calls is not None:
+            if not isinstance(calls, list) or not calls:
+                raise ValueError(
+                    f"{where}.reply.tool_calls: a non-empty list of {{name, arguments}}"
+                )
+            for j, call in enumerate(calls):
+                ok = (
+                    isinstance(call, dict)
+                    and isinstance(call.get("name"), str)
+                    and set(call) <= {"name", "arguments"}
+                    and isinstance(call.get("arguments", {}), dict | str)
+                )
+                if not ok:
+                    raise ValueError(
+                        f"{where}.reply.tool_calls[{j}]: expected {{name: str, "
+                        "arguments: mapping or JSON string}"
+                    )
+        return reply
+
+    def match(self, chat: _Chat) -> dict[str, str] | None:
+        """The named groups of the rule's regexes when every selector matches, else None."""
+        groups: dict[str, str] = {}
+        if self.role is not None:
+            speaker = chat.speaker
+            found = next((m for r in self.role if (m := r.fullmatch(speaker))), None)
+            if found is None:
+                return None
+            groups.update({k: v for k, v in found.groupdict().items() if v is not None})
+        if self.turn is not None and not self.turn(chat.turn):
+            return None
+        if self.last_role is not None and chat.messages[-1][0] not in self.last_role:
+            return None
+        if self.tools is not None:
+            if self.tools is True or self.tools is False:
+                if bool(chat.tools) != self.tools:
+                    return None
+            elif not set(self.tools) <= set(chat.tools):
+                return None
+        calls = self.reply.get("tool_calls")
+        if calls and not {c["name"] for c in calls} <= set(chat.tools):
+            return None  # a model only calls tools it is offered
+        for key, pattern in self.regexes.items():
+            if key == "system":
+                text: str | None = chat.system
+            elif key == "last":
+                text = chat.messages[-1][1]
+            else:
+                text = chat.last(key)
+            found = pattern.search(text) if text is not None else None
+            if found is None:
+                return None
+            groups.update({k: v for k, v in found.groupdict().items() if v is not None})
+        return groups
+
+    def build(self, chat: _Chat, target: int, groups: dict[str, str]) -> Reply:
+        values = {"turn": str(chat.turn), "role": chat.speaker, **groups}
+        reply = self.reply
+        if "{filler}" in str(reply):
+            values["filler"] = filler(chat.rng, target)
+        if "json" in reply:
+            data = reply["json"]
+            if data == "schema":
+                data = json_instance(chat.schema() or {"type": "object"}, chat.rng)
+            else:
+                data = _fill(data, values)
+            return Reply(json.dumps(data, ensure_ascii=False))
+        text = _fill(reply["text"], values) if "text" in reply else None
+        calls = None
+        if reply.get("tool_calls"):
+            calls = []
+            for j, call in enumerate(reply["tool_calls"]):
+                args = _fill(call.get("arguments", {}), values)
+                if not isinstance(args, str):
+                    args = json.dumps(args, ensure_ascii=False)
+                cid = f"call_{_digest('call', chat.key, chat.turn, j, call['name']):016x}"
+                calls.append(
+                    {
+                        "id": cid,
+                        "type": "function",
+                        "function": {"name": call["name"], "arguments": args},
+                    }
+                )
+        return Reply(text, calls)
+
+
 def _rules(path: Path) -> Script:
     text = path.read_text(encoding="utf-8")
-    data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+    try:
+        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as exc:
+        kind = "JSON" if path.suffix.lower() == ".json" else "YAML"
+        raise ValueError(f"{path}: not valid {kind}: {exc}") from None
+    default: Any = None
+    if isinstance(data, dict) and "rules" in data and set(data) <= {"rules", "default"}:
+        default = data.get("default")
+        data = data["rules"]
     if not isinstance(data, list):
-        raise ValueError(f"{path}: a rules file holds a list of {{match, reply}} objects")
-    rules: list[tuple[re.Pattern[str], str]] = []
-    for i, rule in enumerate(data):
-        if not isinstance(rule, dict) or not {"match", "reply"} <= rule.keys():
-            raise ValueError(f"{path}: rule {i} needs 'match' and 'reply'")
-        rules.append((re.compile(str(rule["match"])), str(rule["reply"])))
+        raise ValueError(
+            f"{path}: a rules file holds a list of {{when, reply}} rules "
+            "(or a mapping with 'rules' and 'default')"
+        )
+    rules = [_Rule(rule, f"{path}: rule {i}") for i, rule in enumerate(data)]
+    fallback = None if default is None else _Rule({"reply": default}, f"{path}: default")
 
-    def script(chat: _Chat, target: int, truncated: bool) -> tuple[str, int]:
-        last = chat.last("user") or ""
-        for pattern, reply in rules:
-            if pattern.search(last):
-                if "{filler}" in reply:
-                    reply = reply.replace("{filler}", filler(chat.rng, target))
-                return reply, target
-        return filler(chat.rng, target), target
+    def script(chat: _Chat, target: int, truncated: bool) -> tuple[str, int] | Reply:
+        for rule in rules:
+            groups = rule.match(chat)
+            if groups is not None:
+                return rule.build(chat, target, groups)
+        if fallback is not None and fallback.match(chat) is not None:
+            return fallback.build(chat, target, {})
+        return _lorem(chat, target, truncated)
 
     return script
 
@@ -488,10 +1134,16 @@ def _json(payload: Any, status: int = 200, headers: dict[str, str] | None = None
 
 
 def _error(
-    status: int, message: str, kind: str, headers: dict[str, str] | None = None
+    status: int,
+    message: str,
+    kind: str,
+    headers: dict[str, str] | None = None,
+    param: str | None = None,
 ) -> web.Response:
     return _json(
-        {"error": {"message": message, "type": kind, "param": None, "code": None}}, status, headers
+        {"error": {"message": message, "type": kind, "param": param, "code": None}},
+        status,
+        headers,
     )
 
 
@@ -617,20 +1269,26 @@ class SimLLMServer:
             chat = _Chat(orjson.loads(await request.read()), self.options)
         except (orjson.JSONDecodeError, ValueError) as exc:
             self.counters["bad_requests"] += 1
-            return _error(400, f"peerflow-simulator: {exc}", "invalid_request_error")
+            param = exc.param if isinstance(exc, RequestError) else None
+            return _error(400, f"peerflow-simulator: {exc}", "invalid_request_error", param=param)
         fault = self._fault()
         if fault is not None and fault.status != 200:
             return fault
         o = self.options
         sampled = chat.rng.lognormvariate(math.log(o.output_median), o.output_sigma)
         target = max(1, min(chat.max_tokens, round(sampled)))
-        text, tokens = self.script(chat, target, target == chat.max_tokens)
+        reply, tokens, finish = _settle(
+            self.script(chat, target, target == chat.max_tokens), chat.max_tokens
+        )
         await self.engine.submit(chat.prompt_tokens, tokens)
         if fault is not None:
             return fault
         self.counters["completed"] += 1
         self.counters["prompt_tokens"] += chat.prompt_tokens
         self.counters["completion_tokens"] += tokens
+        message: dict[str, Any] = {"role": "assistant", "content": reply.content}
+        if reply.tool_calls:
+            message["tool_calls"] = reply.tool_calls
         return _json(
             {
                 "id": f"chatcmpl-sim-{number:x}",
@@ -641,8 +1299,8 @@ class SimLLMServer:
                 "choices": [
                     {
                         "index": 0,
-                        "message": {"role": "assistant", "content": text},
-                        "finish_reason": "length" if tokens == chat.max_tokens else "stop",
+                        "message": message,
+                        "finish_reason": finish,
                     }
                 ],
                 "usage": {
@@ -655,6 +1313,15 @@ class SimLLMServer:
 
 
 # ------------------------------------------------------------------------------- CLI
+
+
+def _flag(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -715,7 +1382,17 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--script",
         default=d.script,
-        help="lorem, coral, or a YAML/JSON file of {match, reply} rules",
+        help="lorem, coral, or a YAML/JSON rules file: a list of {when: {role, system, last, "
+        "last_role, user, assistant, tool, turn, tools}, reply: text | {text, tool_calls: "
+        "[{name, arguments}], json: object | schema}}; first match wins, else filler "
+        "(see `python -m pydoc peerflow.services.sim_llm`)",
+    )
+    g.add_argument(
+        "--strict",
+        type=_flag,
+        default=d.strict,
+        help="reject (HTTP 400) what a strict OpenAI server rejects: orphan tool messages, "
+        "unanswered tool calls, malformed tools, unknown roles, missing content (true/false)",
     )
     g.add_argument(
         "--agree-after",
