@@ -14,6 +14,7 @@ options, from the help text of the matching `peerflow sim-llm` flag.
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import types
 import typing
@@ -32,15 +33,39 @@ DESCRIPTIONS: dict[tuple[str, str], str] = {
     ("LLMOptions", "system"): "Jinja template of the system prompt.",
     ("LLMOptions", "prompt"): "Jinja template appended as the last user message of each request.",
     ("LLMOptions", "conversation"): "Roles whose turns this role sees as a dialogue: its own "
-    "turns as `assistant` messages, the others' as `user` messages.",
+    "turns as `assistant` messages, the others' as `user` messages (the same as "
+    "`view.include`).",
     ("LLMOptions", "include_task"): "Start the chat with the task's first message.",
     ("LLMOptions", "sampling"): "Sampling parameters sent with each request (`temperature`, "
     "`max_tokens`, ...); unknown keys are errors, with a suggestion.",
     ("LLMOptions", "extra_body"): "Request fields beyond the known sampling keys, merged into "
     "the request body unchecked.",
-    ("LLMOptions", "tools"): "Tools offered to the model, as OpenAI `tools` entries.",
+    ("LLMOptions", "tools"): "Tools offered to the model: a tool role's name (all its tools), "
+    "or a list of tool role names, tool names and OpenAI tool schemas.",
     ("LLMOptions", "parse"): "`module:function(message, text) -> dict | None`: turns the reply "
     "into the step's `data`.",
+    # Multi-party view and tools (from the docstrings of ViewOptions and ToolsOptions; a
+    # `description=` on the field itself takes precedence).
+    ("LLMOptions", "view"): "How this role sees the shared history: which roles, how other "
+    "speakers are labelled, merging, other roles' tool exchanges.",
+    ("ViewOptions", "include"): "Roles whose turns this role sees, in history order: its own "
+    "as `assistant` messages, each other role's as a separate `user` message (default: none; "
+    "`conversation` is the same list).",
+    ("ViewOptions", "label"): "How another speaker's turn says who spoke: `name` (the `name` "
+    "field), `prefix`, `both` or `none`; `auto`: none with one other speaker, both with more.",
+    ("ViewOptions", "prefix"): "Start of a labelled turn's content; `{role}` is the speaker.",
+    ("ViewOptions", "merge"): "Merge consecutive `user` messages: `auto` only when turns are "
+    "unlabelled, `true` always, `false` never.",
+    ("ViewOptions", "tools"): "Other roles' tool exchanges: `hide` (their text only) or "
+    "`summary` (a labelled message listing each call and result).",
+    ("ToolsOptions", "functions"): "The tools: each `module:function` (schema from its type "
+    "hints and docstring) or `{function, name, description, parameters}`.",
+    ("ToolsOptions", "timeout"): "Seconds allowed for each tool call.",
+    ("ToolDecl", "function"): "`module:function` implementing the tool.",
+    ("ToolDecl", "name"): "Tool name shown to the model (default: the function's name).",
+    ("ToolDecl", "description"): "Description shown to the model (default: the docstring).",
+    ("ToolDecl", "parameters"): "JSON schema (`type: object`) of the arguments shown to the "
+    "model (default: from the type hints).",
     ("FunctionOptions", "function"): "`module:function(message, **args)`, sync or async; "
     "returns a Step, text, a dict of data, or None.",
     ("FunctionOptions", "args"): "Keyword arguments passed to the function.",
@@ -373,7 +398,7 @@ def reference_markdown() -> str:
         title: str, anchor: str, model: type[BaseModel], intro: str = "", level: int = 2
     ) -> None:
         out.append(f"{'#' * level} {title} {{#{anchor}}}\n")
-        doc = intro or (model.__doc__ or "").strip()
+        doc = intro or inspect.cleandoc(model.__doc__ or "")
         if doc and not doc.startswith(("Usage docs", "!!!")):
             out.append(doc + "\n")
         out.append(table(model) + "\n")

@@ -437,3 +437,59 @@ def test_strict_flag_parses_as_the_service_passes_it() -> None:
     assert build_parser().parse_args(["--strict", "false"]).strict is False
     assert build_parser().parse_args([]).strict is True
     assert "tool_calls" in build_parser().format_help()
+
+
+# --------------------------------------------------------------------- run summaries
+
+
+async def test_summary_says_simulated_for_a_simulator_behind_kind_openai(
+    sim: Sim, tmp_path: Path
+) -> None:
+    from peerflow.config import load_config
+    from peerflow.run import run_async
+
+    (tmp_path / "data.jsonl").write_text('{"id": "a", "q": "ping"}\n{"id": "b", "q": "ping"}\n')
+    async with sim() as (server, _session):
+        config_path = tmp_path / "flow.yaml"
+        config_path.write_text(
+            yaml.safe_dump(
+                {
+                    "dataset": {"path": "data.jsonl", "id_field": "id"},
+                    "task": {"message": "{{ q }}"},
+                    "services": {
+                        "llm": {"kind": "openai", "model": "m", "endpoints": [server.url]}
+                    },
+                    "roles": {"solver": {"agent": "llm", "service": "llm"}},
+                    "workflow": {"kind": "sequence", "roles": ["solver"]},
+                    "output": {"path": "out.jsonl"},
+                }
+            )
+        )
+        summary = await run_async(load_config(config_path), progress=False)
+    assert summary["exit_code"] == 0, summary
+    label = summary["services"]["llm"]
+    assert label.startswith("SIMULATED") and server.url in label
+    recs = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [r["history"][-1]["content"] for r in recs] == ["pong", "pong"]
+    assert all(r["history"][-1]["usage"]["completion_tokens"] == 1 for r in recs)
+
+
+def test_summary_label_of_a_real_server_is_unchanged(tmp_path: Path) -> None:
+    from peerflow.config import load_config
+    from peerflow.run import service_labels
+
+    (tmp_path / "flow.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "dataset": {"path": "data.jsonl"},
+                "services": {
+                    "llm": {"kind": "openai", "model": "m", "endpoints": ["http://h:1/v1"]}
+                },
+                "roles": {"solver": {"agent": "llm", "service": "llm"}},
+                "workflow": {"kind": "sequence", "roles": ["solver"]},
+                "output": {"path": "out.jsonl"},
+            }
+        )
+    )
+    labels = service_labels(load_config(tmp_path / "flow.yaml"))
+    assert labels == {"llm": "m at http://h:1/v1"}
