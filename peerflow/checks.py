@@ -148,14 +148,21 @@ def checked_workflow(config: RunConfig) -> tuple[Workflow | None, Errors]:
 
 
 def sim_option_errors(config: RunConfig) -> Errors:
-    """Simulator options against their exact names; they become the server's CLI flags."""
+    """Simulator options against their exact names; they become the server's CLI flags.
+
+    Also makes a relative rules-file `script` absolute against the config's folder (in
+    place), so that the simulator finds it whatever the current folder.
+    """
     sims = {name: svc for name, svc in config.services.items() if svc.kind == "sim"}
     if not sims:
         return []
+    from peerflow.services import resolve_sim_script
     from peerflow.services.sim_llm import SimServiceOptions
 
     errors: Errors = []
     for name, svc in sims.items():
+        # A relative rules file is the config folder's: resolved here, once, for the build.
+        svc.options = resolve_sim_script(svc.options, config.base_dir)
         try:
             SimServiceOptions.model_validate(svc.options)
         except ValidationError as exc:

@@ -35,6 +35,8 @@ def _print_summary(summary: dict[str, Any]) -> None:
             "errors under derived ids)",
             file=out,
         )
+    if summary.get("tool_calls"):
+        print(f"tool calls: {summary['tool_calls']} ({summary['tool_errors']} errors)", file=out)
     tokens = summary["tokens"]
     print(
         f"wall {summary['wall_seconds']:.1f}s, {summary['tasks_per_second']:.2f} tasks/s, "

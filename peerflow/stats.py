@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from peerflow.message import OK, Message
+from peerflow.message import OK, Message, Step
 
 _BUCKETS_PER_DOUBLING = 8
 _MIN_LATENCY = 1e-6
@@ -118,7 +118,18 @@ class Histogram:
 
 
 class RoleStats:
-    __slots__ = ("completion_tokens", "errors", "latency", "prompt_tokens", "retries")
+    """One role's totals. `tool_calls`/`tool_errors` count the calls a tool role ran and
+    those that failed (`is_error` results: they went back to the model, the step is ok)."""
+
+    __slots__ = (
+        "completion_tokens",
+        "errors",
+        "latency",
+        "prompt_tokens",
+        "retries",
+        "tool_calls",
+        "tool_errors",
+    )
 
     def __init__(self) -> None:
         self.latency = Histogram()
@@ -126,6 +137,21 @@ class RoleStats:
         self.prompt_tokens = 0
         self.completion_tokens = 0
         self.retries = 0
+        self.tool_calls = 0
+        self.tool_errors = 0
+
+
+def tool_counts(step: Step) -> tuple[int, int]:
+    """(calls run, calls failed) by a tool step; (0, 0) for any other step."""
+    if step.tool_results:
+        data = step.data or {}
+        failed = data.get("tool_errors")
+        if not isinstance(failed, int) or isinstance(failed, bool):
+            failed = sum(1 for r in step.tool_results if r.get("is_error"))
+        return len(step.tool_results), failed
+    if step.tool_call_id is not None:  # the single-result form of a custom tool agent
+        return 1, int(bool((step.data or {}).get("tool_errors")))
+    return 0, 0
 
 
 class RunStats:
@@ -168,6 +194,10 @@ class RunStats:
                 rs.errors += 1
             if step.attempts > 1:
                 rs.retries += step.attempts - 1
+            if step.tool_results or step.tool_call_id is not None:
+                calls, failed = tool_counts(step)
+                rs.tool_calls += calls
+                rs.tool_errors += failed
             usage = step.usage
             if usage:
                 p = usage.get("prompt_tokens", 0)
@@ -190,6 +220,34 @@ class RunStats:
         if message.status != OK and len(self.error_samples) < 5 and message.error:
             self.error_samples.append({"id": message.id, **message.error})
 
+    def merge(self, src: RunStats) -> None:
+        """Add another process's stats (a Ray sink's records) into these: the one merge."""
+        for status, n in src.by_status.items():
+            self.by_status[status] += n
+        for role, rs in src.roles.items():
+            d = self.roles.get(role)
+            if d is None:
+                d = self.roles[role] = RoleStats()
+            d.latency.merge(rs.latency)
+            d.errors += rs.errors
+            d.prompt_tokens += rs.prompt_tokens
+            d.completion_tokens += rs.completion_tokens
+            d.retries += rs.retries
+            d.tool_calls += getattr(rs, "tool_calls", 0)
+            d.tool_errors += getattr(rs, "tool_errors", 0)
+        self.task_latency.merge(src.task_latency)
+        self.steps += src.steps
+        self.prompt_tokens += src.prompt_tokens
+        self.completion_tokens += src.completion_tokens
+        for k, v in src.metric_sums.items():
+            self.metric_sums[k] += v
+        for k, n in src.metric_counts.items():
+            self.metric_counts[k] += n
+        self.duplicates += src.duplicates
+        room = 5 - len(self.error_samples)
+        if room > 0:
+            self.error_samples.extend(src.error_samples[:room])
+
     @property
     def done(self) -> int:
         return sum(self.by_status.values())
@@ -197,6 +255,21 @@ class RunStats:
     @property
     def errors(self) -> int:
         return self.done - self.by_status.get(OK, 0)
+
+    @staticmethod
+    def _role_summary(rs: RoleStats) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "steps": rs.latency.count,
+            "errors": rs.errors,
+            "retries": rs.retries,
+            "prompt_tokens": rs.prompt_tokens,
+            "completion_tokens": rs.completion_tokens,
+            "latency_seconds": rs.latency.summary(),
+        }
+        if rs.tool_calls:  # a tool role
+            out["tool_calls"] = rs.tool_calls
+            out["tool_errors"] = rs.tool_errors
+        return out
 
     def summary(self, **extra: Any) -> dict[str, Any]:
         wall = max(time.time() - self.started, 1e-9)
@@ -216,17 +289,10 @@ class RunStats:
             "tokens": {"prompt": self.prompt_tokens, "completion": self.completion_tokens},
             "completion_tokens_per_second": round(self.completion_tokens / wall, 1),
             "task_latency_seconds": self.task_latency.summary(),
-            "roles": {
-                role: {
-                    "steps": rs.latency.count,
-                    "errors": rs.errors,
-                    "retries": rs.retries,
-                    "prompt_tokens": rs.prompt_tokens,
-                    "completion_tokens": rs.completion_tokens,
-                    "latency_seconds": rs.latency.summary(),
-                }
-                for role, rs in sorted(self.roles.items())
-            },
+            # Tool calls run and those that failed (returned to the model with is_error).
+            "tool_calls": sum(rs.tool_calls for rs in self.roles.values()),
+            "tool_errors": sum(rs.tool_errors for rs in self.roles.values()),
+            "roles": {role: self._role_summary(rs) for role, rs in sorted(self.roles.items())},
             "metrics": {
                 k: self.metric_sums[k] / self.metric_counts[k] for k in sorted(self.metric_sums)
             },

@@ -106,7 +106,7 @@ from peerflow.pipeline import Pipeline
 from peerflow.runtimes.admission import Admission
 from peerflow.services.base import Service
 from peerflow.sink import OutputLock, Sink
-from peerflow.stats import Histogram, RoleStats, RunStats
+from peerflow.stats import Histogram, RunStats
 
 log = logging.getLogger(__name__)
 
@@ -243,33 +243,6 @@ def actor_config(config: RunConfig, services: dict[str, Service]) -> RunConfig:
     return config.model_copy(update={"services": rewritten})
 
 
-def merge_stats(dst: RunStats, src: RunStats) -> None:
-    """Add a sink actor's stats (of the records it wrote) into the driver's."""
-    for status, n in src.by_status.items():
-        dst.by_status[status] += n
-    for role, rs in src.roles.items():
-        d = dst.roles.get(role)
-        if d is None:
-            d = dst.roles[role] = RoleStats()
-        d.latency.merge(rs.latency)
-        d.errors += rs.errors
-        d.prompt_tokens += rs.prompt_tokens
-        d.completion_tokens += rs.completion_tokens
-        d.retries += rs.retries
-    dst.task_latency.merge(src.task_latency)
-    dst.steps += src.steps
-    dst.prompt_tokens += src.prompt_tokens
-    dst.completion_tokens += src.completion_tokens
-    for k, v in src.metric_sums.items():
-        dst.metric_sums[k] += v
-    for k, n in src.metric_counts.items():
-        dst.metric_counts[k] += n
-    dst.duplicates += src.duplicates
-    room = 5 - len(dst.error_samples)
-    if room > 0:
-        dst.error_samples.extend(src.error_samples[:room])
-
-
 class _Ledger:
     """The driver's account of the output: what the files held, and what each sink wrote.
 
@@ -342,8 +315,8 @@ class _Ledger:
         part = self.per_sink.get(key)
         if part is None:
             part = self.per_sink[key] = RunStats()
-        merge_stats(part, delta)
-        merge_stats(self.stats, delta)
+        part.merge(delta)
+        self.stats.merge(delta)
         if len(self.retry):
             for tid in ids:
                 h = id_hash(tid)
@@ -361,7 +334,7 @@ class _Ledger:
         s.metric_counts = defaultdict(int)
         s.error_samples = []
         for part in self.per_sink.values():
-            merge_stats(s, part)
+            s.merge(part)
 
     async def compact(self, started: float) -> None:
         if len(self.superseding):

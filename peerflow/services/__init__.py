@@ -6,6 +6,7 @@ only `call` them. `build_service` maps a config section to its class.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from peerflow.services.base import (
@@ -27,8 +28,32 @@ __all__ = [
     "build_service",
     "client_options",
     "error_kind",
+    "resolve_sim_script",
     "transient_status",
 ]
+
+# Built-in simulator scripts; any other `script` names a rules file.
+_BUILTIN_SCRIPTS = ("lorem", "coral")
+
+
+def resolve_sim_script(options: dict[str, Any], base_dir: Path) -> dict[str, Any]:
+    """A `kind: sim` service's options with a relative rules-file `script` made absolute.
+
+    A rules file sits beside the config that names it, like the dataset, so a relative
+    `script` is the config folder's file. The simulator is started from the current folder
+    (and on Ray from the driver), so it gets the absolute path. A relative name that is no
+    file there keeps its old meaning (the current folder) and is checked as such.
+    """
+    script = options.get("script")
+    if not isinstance(script, str) or script in _BUILTIN_SCRIPTS:
+        return options
+    path = Path(script).expanduser()
+    if path.is_absolute():
+        return options
+    candidate = (base_dir / path).resolve()
+    if not candidate.is_file():
+        return options
+    return {**options, "script": str(candidate)}
 
 
 def client_options(cfg: Any) -> dict[str, Any]:
@@ -70,6 +95,9 @@ def build_service(name: str, cfg: Any) -> Service:
         )
     if cfg.kind == "sim":
         from peerflow.services.managed import SimService
+
+        # A relative rules file was made absolute against the config's folder by
+        # `checks.sim_option_errors`, which every pipeline runs before building services.
 
         return SimService(
             name,
