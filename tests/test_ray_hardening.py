@@ -341,3 +341,31 @@ async def test_ctrl_c_stops_the_ray_run_cleanly_and_the_rerun_resumes(tmp_path: 
     assert again["finished_before_this_run"] == len(records)
     ids = [r["id"] for r in read(out)]
     assert len(ids) == len(set(ids)) == 600
+
+
+async def test_a_driver_loop_that_dies_stops_the_run_instead_of_hanging(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If a confirmation cannot be handled (an undecodable reply, a bug), slots would never
+    be freed: the run must stop with the error, and the same command then finishes."""
+    from peerflow.runtimes import ray as ray_runtime
+
+    real = ray_runtime._Ledger.report
+    calls = {"n": 0}
+
+    def broken(self: Any, *args: Any, **kw: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("cannot read a sink's report")
+        return real(self, *args, **kw)
+
+    monkeypatch.setattr(ray_runtime._Ledger, "report", broken)
+    echo = {"agent": ECHO, "delay": 0.01}
+    config = make_config(tmp_path, rows(200), roles={"a": echo, "b": echo})
+    with pytest.raises(RuntimeError, match="cannot read a sink's report"):
+        await asyncio.wait_for(run(config), SAFETY)
+    monkeypatch.setattr(ray_runtime._Ledger, "report", real)
+    summary = await asyncio.wait_for(run(config), SAFETY)
+    assert summary["exit_code"] == 0
+    records = read(Path(config.output.path))
+    assert len({r["id"] for r in records}) == len(records) == 200

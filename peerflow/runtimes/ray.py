@@ -1053,6 +1053,10 @@ class RayRuntime:
             loops.extend(confirm_loops)
             loops.append(asyncio.ensure_future(status_loop()))
             loops.append(asyncio.ensure_future(sweep_loop()))
+            for loop_task in loops:
+                # A loop that dies (an undecodable reply, a bug) would leave slots that are
+                # never freed: the run stops on it instead of waiting forever.
+                loop_task.add_done_callback(_stop_on_error(admission))
             courier.start()
             self.report["finished_before_this_run"] = len(ledger.done)
             self.report["failed_rows_to_retry"] = len(ledger.retry)
@@ -1110,6 +1114,14 @@ class RayRuntime:
         for _, _, h in kinds:
             with contextlib.suppress(Exception):
                 ray.kill(h, no_restart=True)
+
+
+def _stop_on_error(admission: Admission) -> Any:
+    def done(task: asyncio.Future[Any]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            admission.stop(task.exception())  # type: ignore[arg-type]
+
+    return done
 
 
 async def _call(method: Any) -> Any:
