@@ -50,7 +50,8 @@ A rule whose reply calls tools only matches when the request offers those tools 
 calls only tools it is given), so a tool loop ends by itself once tools are not offered.
 The caller's name comes from standard request fields only, the first found: the ``user``
 field, ``metadata.role``, a ``name`` on a system message, or the word after "You are
-(a|an|the)" in the system prompt (``You are the judge.`` -> ``judge``).
+(a|an|the)" in the system prompt (``You are the judge.`` -> ``judge``); a rule's
+``role`` matches it regardless of case.
 
 Tokens. Prompts and scripted replies are both counted as one token per 4 characters (rounded
 up); the reply's count sets its decode time and its ``usage``. Scripted text longer than
@@ -812,7 +813,11 @@ class _Rule:
             self.role = (
                 None
                 if roles is None
-                else [re.compile(str(r)) for r in (roles if isinstance(roles, list) else [roles])]
+                else [
+                    # Role names are matched regardless of case: "You are Alice" is `alice`.
+                    re.compile(str(r), re.IGNORECASE)
+                    for r in (roles if isinstance(roles, list) else [roles])
+                ]
             )
         except re.error as exc:
             raise ValueError(f"{where}.when: bad regex: {exc}") from None
