@@ -369,3 +369,21 @@ async def test_a_driver_loop_that_dies_stops_the_run_instead_of_hanging(
     assert summary["exit_code"] == 0
     records = read(Path(config.output.path))
     assert len({r["id"] for r in records}) == len(records) == 200
+
+
+async def test_fail_fast_counts_failures_over_all_role_actors(tmp_path: Path) -> None:
+    """Eight solver actors share 120 rows: none fails 30 times on its own, but together
+    they do, and the service never answered, so the run stops (exit 3)."""
+    config = llm_config(tmp_path, 120, {"error_rate": 1.0}, fail_fast=30)
+    data = config.model_dump(exclude={"base_dir"})
+    data["roles"] = {
+        "pause": {"agent": ECHO, "delay": 0.1},
+        "solver": {**data["roles"]["solver"], "num_instances": 8},
+    }
+    data["workflow"] = {"kind": "sequence", "roles": ["pause", "solver"]}
+    summary = await run(RunConfig.model_validate(data))
+    assert summary["outcome"] == "stopped" and summary["exit_code"] == 3, summary["reason"]
+    assert "across the role actors" in summary["reason"]
+    records = read(tmp_path / "out.jsonl")
+    assert len(records) < 120
+    assert all(r["error"]["kind"] == "transient" for r in records)

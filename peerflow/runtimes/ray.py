@@ -360,8 +360,9 @@ class ActorWatches:
     fail-fast, or an outage longer than `runtime.outage_timeout`.
     """
 
-    def __init__(self, on_event: Callable[[str], None] | None = None):
+    def __init__(self, on_event: Callable[[str], None] | None = None, *, fail_fast: int = 0):
         self.on_event = on_event
+        self.fail_fast = fail_fast
         self.open = True
         self.aborted = asyncio.Event()
         self.reason: str | None = None
@@ -382,11 +383,26 @@ class ActorWatches:
         if state.get("tripped") and not self.aborted.is_set():
             self.reason = state["tripped"]
             self.aborted.set()
+        if self.fail_fast and not self.aborted.is_set():
+            self._fail_fast_over_actors()
         self.open = not self.aborted.is_set() and not any(self.paused.values())
         if self.open or self.aborted.is_set():
             self._resumed.set()
         else:
             self._resumed.clear()
+
+    def _fail_fast_over_actors(self) -> None:
+        """Fail-fast counted over every actor: with many instances and few rows no single
+        actor may reach `runtime.fail_fast` failures, though the service never answered."""
+        for name, r in self.report().items():
+            if not r.get("successes") and r.get("failures", 0) >= self.fail_fast:
+                self.reason = (
+                    f"service {name!r} failed its first {r['failures']} requests across the "
+                    "role actors, none succeeded — check the endpoint URL, model name and API "
+                    "key; nothing more was admitted, re-run the same command to resume"
+                )
+                self.aborted.set()
+                return
 
     async def admit(self) -> bool:
         """Wait while an actor reports an outage; False once the run is aborted."""
@@ -614,7 +630,7 @@ class RayRuntime:
             )
         self.config = config
         self.admission: Admission | None = None
-        self.watches = ActorWatches()
+        self.watches = ActorWatches(fail_fast=config.fail_fast)
         self.metrics = RuntimeMetrics()
         self.stats: RunStats | None = None
         self.report: dict[str, Any] = {}
