@@ -447,6 +447,21 @@ _SIM_DATA_KEYS = (
 )
 
 
+def _script_identity(script: str, base_dir: Path) -> str:
+    """A rules file counts by its contents, not its path: moving the project keeps the
+    fingerprint, editing the rules changes it. Built-in scripts count by name."""
+    import hashlib
+
+    path = Path(script).expanduser()
+    if not path.is_absolute():
+        path = base_dir / path
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return script
+    return "file:" + hashlib.blake2b(data, digest_size=8).hexdigest()
+
+
 def config_fingerprint(config: RunConfig) -> str:
     """A short hex hash of what shapes the output's data, to refuse a resume that would mix two.
 
@@ -456,8 +471,9 @@ def config_fingerprint(config: RunConfig) -> str:
     templates, sampling, extra_body, parse functions, ...) except the runtime
     keys `workers`, `num_instances` and `resources`; the whole workflow; the
     `metrics` function; and per service its kind, model name, `extra_body` and
-    `n_ctx`, plus for a simulator the options that shape its replies (script,
-    agree_after, seed, output_median, output_sigma, default_max_tokens).
+    `n_ctx`, plus for a simulator the options that shape its replies (script, by
+    its contents when it is a rules file; agree_after, seed, output_median,
+    output_sigma, default_max_tokens).
 
     Not covered, since they change how fast or where a run goes, not what it
     writes: endpoints, api keys, timeouts, retries, connections, replicas,
@@ -479,6 +495,9 @@ def config_fingerprint(config: RunConfig) -> str:
                 entry[key] = getattr(svc, key)
         if isinstance(svc, SimServiceConfig):
             entry["options"] = {k: v for k, v in svc.options.items() if k in _SIM_DATA_KEYS}
+            script = entry["options"].get("script")
+            if isinstance(script, str):
+                entry["options"]["script"] = _script_identity(script, config.base_dir)
         services[name] = entry
     roles = {}
     for name, role in config.roles.items():

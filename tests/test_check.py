@@ -556,3 +556,19 @@ def test_fingerprint_is_stable_for_a_dumped_and_reloaded_config(tmp_path: Path) 
     config = load_config(write(tmp_path, LLM))
     again = RunConfig.model_validate(config.model_dump())
     assert config_fingerprint(again) == config_fingerprint(config)
+
+
+def test_a_rules_file_counts_by_its_contents_not_its_path(tmp_path: Path) -> None:
+    """Moving the project folder keeps the fingerprint (resume still works); editing the
+    simulator's rules changes it (the replies would differ)."""
+    first, moved = tmp_path / "a", tmp_path / "b"
+    for folder in (first, moved):
+        folder.mkdir()
+        (folder / "rules.yaml").write_text("- {when: {role: judge}, reply: WINNER}\n")
+    fp_first = _fp(first, "services.llm.options.script=rules.yaml")
+    config = load_config(write(first, LLM), ["services.llm.options.script=rules.yaml"])
+    Pipeline(config)  # makes the script path absolute, as a run does before fingerprinting
+    assert config_fingerprint(config) == fp_first
+    assert _fp(moved, "services.llm.options.script=rules.yaml") == fp_first
+    (moved / "rules.yaml").write_text("- {when: {role: judge}, reply: CONTINUE}\n")
+    assert _fp(moved, "services.llm.options.script=rules.yaml") != fp_first
