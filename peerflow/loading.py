@@ -32,6 +32,17 @@ WORKING_DIR_EXCLUDES = (
     ".pytest_cache",
     ".mypy_cache",
     ".ruff_cache",
+    # Datasets and outputs: only the driver reads and writes them, and a large one would
+    # exceed what Ray will upload. (A small `.json` or `.csv` table a tool reads still goes.)
+    "*.jsonl",
+    "*.jsonl.*",
+    "*.ndjson",
+    "*.parquet",
+    "*.arrow",
+    "*.gz",
+    "*.zst",
+    "*.runs",
+    "*.lock",
 )
 
 
