@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from peerflow.config import RunConfig
+from peerflow.config import ConfigError, RunConfig
 from peerflow.pipeline import Pipeline
 from peerflow.progress import console, show_progress
 from peerflow.runtimes import get_runtime
@@ -103,6 +103,7 @@ async def run_async(
     from peerflow.sink import check_fingerprint
 
     pipeline = pipeline or Pipeline(config)
+    runtime = get_runtime(config.runtime)  # before the output is locked: it may refuse
     out = config.resolve(config.output.path)
     fingerprint = config_fingerprint(config)
     sink = Sink(
@@ -125,7 +126,6 @@ async def run_async(
     pipeline.provenance = sink.provenance = {"peerflow": __version__, "fingerprint": fingerprint}
     stats = RunStats()
     stats.finished_before = len(sink.finished)
-    runtime = get_runtime(config.runtime)
     show = config.runtime.progress if progress is None else progress
     bar = None
     if show:
@@ -153,6 +153,9 @@ async def run_async(
         if not interrupted:
             raise
         outcome, reason, code = "interrupted", "interrupted by a signal", EXIT_INTERRUPTED
+    except ConfigError as exc:  # found once the runtime is up, e.g. unplaceable Ray actors
+        outcome, reason, code = "config error", str(exc), EXIT_CONFIG
+        fault = exc
     except Exception as exc:
         outcome, reason, code = "failed", f"{type(exc).__name__}: {exc}", EXIT_INTERNAL
         fault = exc
