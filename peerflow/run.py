@@ -123,7 +123,7 @@ async def run_async(
     except BaseException:
         sink.close()
         raise
-    pipeline.provenance = sink.provenance = {"peerflow": __version__, "fingerprint": fingerprint}
+    sink.provenance = {"peerflow": __version__, "fingerprint": fingerprint}
     stats = RunStats()
     stats.finished_before = len(sink.finished)
     show = config.runtime.progress if progress is None else progress

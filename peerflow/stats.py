@@ -142,16 +142,12 @@ class RoleStats:
 
 
 def tool_counts(step: Step) -> tuple[int, int]:
-    """(calls run, calls failed) by a tool step; (0, 0) for any other step."""
-    if step.tool_results:
-        data = step.data or {}
-        failed = data.get("tool_errors")
-        if not isinstance(failed, int) or isinstance(failed, bool):
-            failed = sum(1 for r in step.tool_results if r.get("is_error"))
-        return len(step.tool_results), failed
-    if step.tool_call_id is not None:  # the single-result form of a custom tool agent
-        return 1, int(bool((step.data or {}).get("tool_errors")))
-    return 0, 0
+    """(calls run, calls failed) by a tool step, from its results as the workflow counts
+    them; a custom tool agent's single-result step is one call; (0, 0) for other steps."""
+    results = step.tool_results
+    if results:
+        return len(results), sum(1 for r in results if r.get("is_error"))
+    return (1, 0) if step.tool_call_id is not None else (0, 0)
 
 
 class RunStats:
@@ -233,8 +229,8 @@ class RunStats:
             d.prompt_tokens += rs.prompt_tokens
             d.completion_tokens += rs.completion_tokens
             d.retries += rs.retries
-            d.tool_calls += getattr(rs, "tool_calls", 0)
-            d.tool_errors += getattr(rs, "tool_errors", 0)
+            d.tool_calls += rs.tool_calls
+            d.tool_errors += rs.tool_errors
         self.task_latency.merge(src.task_latency)
         self.steps += src.steps
         self.prompt_tokens += src.prompt_tokens

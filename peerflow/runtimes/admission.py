@@ -105,8 +105,6 @@ class Admission:
         watch = self.watch
         try:
             for message in pipeline.tasks(self.sink.finished):
-                if self.failure is not None:
-                    return
                 await slots.acquire()
                 if watch is not None and not watch.open and not await watch.admit():
                     return

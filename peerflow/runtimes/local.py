@@ -130,30 +130,18 @@ class LocalRuntime:
 
         async def worker(inbox: Inbox, agent: Agent) -> None:
             inbox.coming -= 1
-            items = inbox.items
             inline = agent.inline
             run_inline = agent.run_inline
             try:
                 while True:
-                    if items:  # `Inbox.get` inline: no coroutine when a message waits
-                        message = items.popleft()
-                        if items and not inbox.coming:
-                            inbox.call_help()
-                    else:
-                        message = await inbox.get()
+                    message = await inbox.get()
                     if inline:
                         message.history.append(run_inline(message))
                     else:
                         message.history.append(await agent.run(message))
                     nxt = advance(message)
-                    if nxt is None:
-                        finish(message)
-                    else:
-                        target = inboxes.get(nxt)
-                        if target is None:
-                            finish(misroute(message, nxt))
-                        else:
-                            target.put(message)
+                    if not dispatch(message, nxt):
+                        finish(misroute(message, nxt))
             except asyncio.CancelledError:
                 raise
             except BaseException as exc:  # a runtime bug or a full disk: stop the run, loudly

@@ -859,7 +859,7 @@ class RayRuntime:
         P, S = rt.partitions, rt.sinks
         out = config.resolve(config.output.path)
         self.started = time.time()
-        self.provenance = sink.provenance or getattr(pipeline, "provenance", None)
+        self.provenance = sink.provenance
         ledger = _Ledger(stats, retry_failed=sink.retry_failed)
         # Admission skips what the ledger reads as done from every shard; `confirm` frees slots.
         admission = self.admission = Admission(
