@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import math
 import re
@@ -433,6 +434,15 @@ def test_parser_matches_options() -> None:
     )
     opts = SimOptions(**vars(args))
     assert (opts.max_num_seqs, opts.time_scale, opts.script, opts.retry_after) == (8, 0, "coral", 3)
+
+
+def test_service_options_mirror_sim_options() -> None:
+    # `SimServiceOptions` restates `SimOptions` (minus host and port) for config checks.
+    from peerflow.services.sim_llm import SimServiceOptions
+
+    fields = {f.name for f in dataclasses.fields(SimOptions)} - {"host", "port"}
+    assert set(SimServiceOptions.model_fields) == fields
+    assert SimOptions(**SimServiceOptions().model_dump()) == SimOptions()
 
 
 def test_main_rejects_missing_script(capsys: pytest.CaptureFixture[str]) -> None:

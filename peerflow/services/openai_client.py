@@ -236,11 +236,13 @@ class OpenAIService:
         """The most recent failure seen (a call or a health probe), for messages about outages."""
         return self._last_error
 
-    def _note_error(self, ep: _Endpoint | None, text: str) -> None:
+    def _note_error(self, ep: _Endpoint | None, text: str) -> str:
+        """Remember `text` (redacted) as the latest failure; returns the redacted text."""
         text = self._redact(text)
         if ep is not None:
             ep.last_error = text
         self._last_error = text
+        return text
 
     async def health(self) -> bool:
         """Probe every endpoint so routing avoids dead replicas before a call has to fail.
@@ -434,11 +436,11 @@ class OpenAIService:
                     # The request itself is wrong (or unauthorised): retrying cannot help.
                     ep.errors += 1
                     self._failures += 1
-                    text = self._redact(
+                    text = self._note_error(
+                        ep,
                         f"service {self.name!r}: {ep.url} rejected the request with "
-                        f"HTTP {status}: {_error_text(raw)}"
+                        f"HTTP {status}: {_error_text(raw)}",
                     )
-                    self._note_error(ep, text)
                     raise ServiceError(
                         text,
                         attempts=attempt + 1,

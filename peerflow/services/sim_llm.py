@@ -833,6 +833,7 @@ class _Rule:
             raise ValueError(f"{where}.when.tools: expected a list of tool names, true or false")
         self.tools = tools
         self.reply = self._reply(raw["reply"], where)
+        self.wants_filler = "{filler}" in str(self.reply)  # decided once, not per request
 
     @staticmethod
     def _turns(turn: Any, where: str) -> Callable[[int], bool] | None:
@@ -918,7 +919,7 @@ class _Rule:
     def build(self, chat: _Chat, target: int, groups: dict[str, str]) -> Reply:
         values = {"turn": str(chat.turn), "role": chat.speaker, **groups}
         reply = self.reply
-        if "{filler}" in str(reply):
+        if self.wants_filler:
             values["filler"] = filler(chat.rng, target)
         if "json" in reply:
             data = reply["json"]
