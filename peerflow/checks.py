@@ -246,17 +246,19 @@ def template_var_errors(
 
 
 def required_vars(config: RunConfig, uses: Mapping[tuple[str, ...], set[str]]) -> dict[str, str]:
-    """Variables every row must give non-null, each with the first template that uses it.
+    """Variables each row must be checked to give non-null, each with the first template
+    that uses it (the per-row check in `Pipeline.tasks`).
 
     Optional fields (`required: false`) are left out: their default may well be
-    null on purpose, for a template that tests it with `{% if %}`.
+    null on purpose, for a template that tests it with `{% if %}`. So are required
+    typed fields (a `type` other than `any`): `map_fields` already rejects their null.
     """
     fields = config.dataset.fields
     required: dict[str, str] = {}
     for path, names in uses.items():
         for name in sorted(names):
             spec = fields.get(name)
-            if isinstance(spec, FieldSpec) and not spec.required:
+            if isinstance(spec, FieldSpec) and (not spec.required or spec.type != "any"):
                 continue
             if fields and name not in fields:
                 continue  # reported by template_var_errors

@@ -14,6 +14,7 @@ options, from the help text of the matching `peerflow sim-llm` flag.
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 import json
 import types
@@ -82,6 +83,7 @@ JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 # --- descriptions ----------------------------------------------------------------------
 
 
+@functools.cache
 def _sim_help() -> dict[str, str]:
     """`peerflow sim-llm` flag help, by option name: the simulator documents its own options."""
     try:

@@ -147,7 +147,10 @@ def tool_counts(step: Step) -> tuple[int, int]:
     results = step.tool_results
     if results:
         return len(results), sum(1 for r in results if r.get("is_error"))
-    return (1, 0) if step.tool_call_id is not None else (0, 0)
+    if step.tool_call_id is None:
+        return 0, 0
+    # A single result has no is_error of its own: the agent says so in its data.
+    return 1, int(bool((step.data or {}).get("tool_errors")))
 
 
 class RunStats:
