@@ -15,7 +15,7 @@ of 8 bytes per id.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -109,12 +109,6 @@ class IdSet:
             self._count += int(a.size)
             self._push(a)
         return int(a.size)
-
-    def hashes(self) -> Iterator[int]:
-        """Every stored hash (order unspecified)."""
-        yield from self._recent
-        for level in self._levels:
-            yield from (int(h) for h in level)
 
     def to_array(self) -> np.ndarray:
         """Every stored hash as one sorted uint64 array (a copy), to send to another process."""

@@ -5,8 +5,9 @@ re-attempted row (its newest record was a transient failure) is appended like an
 row; for a while its id then has two records, the failed one and the new one. The newest
 record wins: the one with the larger `finished` time, and on a tie the one read later.
 `compact` removes every older record, so the files hold exactly one record per id again;
-the sink calls it when it opens (a crash may have left two) and when it closes, and the
-Ray driver once at the end of a run, over every shard, since a retried row can land in
+the sink calls it when it opens (a crash may have left two). At the end of a run,
+`drop_superseded` removes just the old records of the rows re-attempted in it: the sink
+when it closes, and the Ray driver over every shard, since a retried row can land in
 another shard than its old record. Compaction streams a file into a temporary file beside
 it, fsyncs it and renames it over the original: a crash at any point leaves either the
 old or the new file, and the newest record of every id is in both.
@@ -68,11 +69,8 @@ def _split_suffix(name: str) -> tuple[str, str]:
 
 def errors_path(path: Path) -> Path:
     """Where failed records go when `output.success_only` is set."""
-    name = path.name
-    for suffix in _SUFFIXES:
-        if name.endswith(suffix):
-            return path.with_name(name[: -len(suffix)] + ".errors" + suffix)
-    return path.with_name(name + ".errors")
+    stem, suffix = _split_suffix(path.name)
+    return path.with_name(f"{stem}.errors{suffix}")
 
 
 def with_errors(paths: Sequence[Path]) -> list[Path]:
@@ -173,14 +171,6 @@ class Lines:
                     frame = dctx.decompressobj()
 
 
-def scan_records(path: Path, on_line: Callable[[bytes], None], chunk: int = 1 << 20) -> int:
-    """Call `on_line` for every complete record line; return the length of the intact prefix."""
-    lines = Lines(path, chunk)
-    for line in lines:
-        on_line(line)
-    return lines.good
-
-
 class _Kind(msgspec.Struct):
     kind: Any = None
 
@@ -213,16 +203,6 @@ def _heads_of(path: Path) -> Iterator[tuple[bytes, _Head | None]]:
             yield line, _heads.decode(line)
         except msgspec.DecodeError:
             yield line, None  # kept as it is, but finishes nothing
-
-
-def cut_torn_tail(path: Path) -> int:
-    """Cut what follows the last complete record; returns the bytes cut."""
-    if not path.exists():
-        return 0
-    lines = Lines(path)
-    for _ in lines:
-        pass
-    return _truncate(path, lines.good)
 
 
 def _truncate(path: Path, good: int) -> int:
@@ -395,8 +375,15 @@ def drop_superseded(paths: Sequence[Path], ids: IdSet, before: float) -> int:
         path = Path(path)
         if not path.exists():
             continue
-        cut_torn_tail(path)
-        if any(head is not None and stale(head) for _, head in _heads_of(path)):
+        # One pass cuts a torn tail and finds whether the file holds a stale record.
+        lines = Lines(path)
+        has_stale = False
+        for line in lines:
+            if not has_stale:
+                with contextlib.suppress(msgspec.DecodeError):
+                    has_stale = stale(_heads.decode(line))
+        _truncate(path, lines.good)
+        if has_stale:
             total += _rewrite(path, stale)
     return total
 

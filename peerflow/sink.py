@@ -39,10 +39,11 @@ import zstandard
 from peerflow.idset import IdSet, id_hash
 from peerflow.merge import (
     Recovered,
+    _heads_of,
     compact,
     drop_superseded,
     errors_path,
-    scan_records,
+    read_manifest,
     with_errors,
 )
 from peerflow.message import SCHEMA_VERSION, Message, Step
@@ -55,7 +56,6 @@ __all__ = [
     "Sink",
     "check_fingerprint",
     "errors_path",
-    "scan_records",
     "to_record",
 ]
 
@@ -126,8 +126,6 @@ def record_message(record: OutputRecord) -> Message:
 
 def records_since(paths: list[Path], since: float) -> Iterator[OutputRecord]:
     """The records in `paths` finished at or after `since` (decoded in full)."""
-    from peerflow.merge import _heads_of
-
     for path in paths:
         if not path.exists():
             continue
@@ -218,8 +216,6 @@ def meta_path(output: Path) -> Path:
 
 
 def _has_records(output: Path) -> bool:
-    from peerflow.merge import read_manifest
-
     mains = [output, *read_manifest(output)]
     return any(p.exists() and p.stat().st_size > 0 for p in with_errors(mains))
 
