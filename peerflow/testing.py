@@ -8,8 +8,11 @@ YAML exactly as users' own agents are imported.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import random
 import re
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from peerflow.agents.base import Agent, AgentOptions
@@ -238,6 +241,37 @@ class Misroute(Workflow):
         if message.history[-1].role != "a":
             return None
         return "ghost" if int(message.row.get("n", 0)) % 2 else "b"
+
+
+@contextlib.asynccontextmanager
+async def killing_actors(
+    kinds: Sequence[str], *, every: float, first: float | None = None, seed: int | None = None
+) -> AsyncIterator[list[str]]:
+    """Kill one named peerflow Ray actor every `every` seconds (the first after `first`)
+    while the block runs, taking the kinds (name fragments: "-r:" role, "-s:" sink, "-o:"
+    store) in turn; Ray restarts it. With `seed` the victim is a random actor of the kind,
+    else the first by name. Yields the kinds killed so far, for the test to check."""
+    import ray
+
+    rng = random.Random(seed)
+    killed: list[str] = []
+
+    async def killer() -> None:
+        await asyncio.sleep(every if first is None else first)
+        while True:
+            kind = kinds[len(killed) % len(kinds)]
+            names = sorted(n for n in ray.util.list_named_actors() if kind in n)
+            if names:
+                name = rng.choice(names) if seed is not None else names[0]
+                ray.kill(ray.get_actor(name), no_restart=False)
+                killed.append(kind)
+            await asyncio.sleep(every)
+
+    task = asyncio.ensure_future(killer())
+    try:
+        yield killed
+    finally:
+        task.cancel()
 
 
 def descendant_pids(pid: int) -> set[int]:

@@ -23,6 +23,7 @@ from peerflow.message import Message, from_bytes, to_bytes  # noqa: E402
 from peerflow.pipeline import Pipeline  # noqa: E402
 from peerflow.run import run_async  # noqa: E402
 from peerflow.sink import OutputBusy  # noqa: E402
+from peerflow.testing import killing_actors  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
@@ -115,23 +116,8 @@ async def test_killing_role_sink_and_store_actors_loses_and_duplicates_no_row(
         task={"message": long + " {{ n }}"},
     )
     kinds = ["-o:", "-s:", "-r:"]
-    killed: list[str] = []
-
-    async def killer() -> None:
-        await asyncio.sleep(1.0)
-        while True:
-            kind = kinds[len(killed) % len(kinds)]
-            names = sorted(n for n in ray.util.list_named_actors() if kind in n)
-            if names:
-                ray.kill(ray.get_actor(names[0]), no_restart=False)
-                killed.append(kind)
-            await asyncio.sleep(0.8)
-
-    task = asyncio.ensure_future(killer())
-    try:
+    async with killing_actors(kinds, every=0.8, first=1.0) as killed:
         summary = await run(config)
-    finally:
-        task.cancel()
     assert set(killed) == set(kinds), killed  # the store, the sink and a role actor died
     records = read(tmp_path / "out.jsonl")
     ids = [r["id"] for r in records]

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import json
 import os
-import random
 import signal
 import socket
 import subprocess
@@ -31,7 +30,7 @@ from peerflow.merge import manifest_path, merge_shards, read_manifest  # noqa: E
 from peerflow.pipeline import Pipeline  # noqa: E402
 from peerflow.run import run_async  # noqa: E402
 from peerflow.runtimes.ray import PlacementError  # noqa: E402
-from peerflow.testing import descendant_pids  # noqa: E402
+from peerflow.testing import descendant_pids, killing_actors  # noqa: E402
 
 ECHO = "peerflow.testing:Echo"
 ROOT = Path(__file__).resolve().parent.parent
@@ -114,23 +113,9 @@ async def test_killed_agent_actors_lose_no_row_and_duplicate_none(tmp_path: Path
         runtime={"max_in_flight": 48},
     )
     config = RunConfig.model_validate(data)
-    rng = random.Random(3)
-    kills = 0
-
-    async def killer() -> None:
-        nonlocal kills
-        while True:
-            await asyncio.sleep(0.7)
-            names = sorted(n for n in ray.util.list_named_actors() if "-r:" in n)
-            if names:
-                ray.kill(ray.get_actor(rng.choice(names)), no_restart=False)
-                kills += 1
-
-    task = asyncio.ensure_future(killer())
-    try:
+    async with killing_actors(["-r:"], every=0.7, seed=3) as killed:
         summary = await run(config)
-    finally:
-        task.cancel()
+    kills = len(killed)
     out = records(tmp_path / "out.jsonl")
     ids = [r["id"] for r in out]
     assert kills >= 2

@@ -6,9 +6,7 @@ records); the run-level ones resume real runs on the local and the Ray runtime.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import random
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +20,7 @@ from peerflow.message import Message, Step, new_message
 from peerflow.pipeline import Pipeline
 from peerflow.run import run_async
 from peerflow.sink import Sink
+from peerflow.testing import killing_actors
 
 ECHO = "peerflow.testing:Echo"
 
@@ -377,7 +376,6 @@ async def test_ray_rerun_retries_failed_rows_across_shards(
 async def test_ray_summary_counts_equal_file_counts_when_sinks_die(
     ray_cluster: None, tmp_path: Path
 ) -> None:
-    import ray
 
     long = "x" * 2000  # above the offload threshold: payloads travel in the object store
     echo = {"agent": ECHO, "delay": 0.01}
@@ -385,23 +383,9 @@ async def test_ray_summary_counts_equal_file_counts_when_sinks_die(
     cfg = ray_config(
         tmp_path, 400, runtime, roles={"a": echo, "b": echo}, message=long + " {{ n }}"
     )
-    rng = random.Random(5)
-    kills = 0
-
-    async def killer() -> None:
-        nonlocal kills
-        while True:
-            await asyncio.sleep(0.6)
-            names = sorted(n for n in ray.util.list_named_actors() if "-s:" in n)
-            if names:
-                ray.kill(ray.get_actor(rng.choice(names)), no_restart=False)
-                kills += 1
-
-    task = asyncio.ensure_future(killer())
-    try:
+    async with killing_actors(["-s:"], every=0.6, seed=5) as killed:
         summary = await run(cfg)
-    finally:
-        task.cancel()
+    kills = len(killed)
     assert kills >= 2
     out = tmp_path / "out.jsonl"
     records = by_id(*[shard_path(out, i, 2) for i in range(2)])
