@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 
 class ConfigError(Exception):
@@ -317,6 +317,17 @@ class RuntimeConfig(Strict):
         description="Ray only: sink actors per partition, each writing its own shard (1 = "
         "exactly output.path).",
     )
+    sink_resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="Ray only: resources of each sink actor (e.g. a custom label of the node "
+        "whose disk holds the output). Default: the driver's node.",
+    )
+    partition_resources: list[dict[str, float]] = Field(
+        default_factory=list,
+        description="Ray only: per partition, resources added to every actor of that "
+        "partition's team (roles and sinks), e.g. `[{node_a: 0.01}, {node_b: 0.01}]` to put "
+        "each team on its own node. Empty, or one entry per partition.",
+    )
     offload_threshold: int | None = Field(
         default=512,
         ge=0,
@@ -371,6 +382,16 @@ class RuntimeConfig(Strict):
         description="Ray only: more package folders or `.whl` files shipped to every Ray worker "
         "(Ray runtime_env `py_modules`), relative to the config file.",
     )
+
+    @model_validator(mode="after")
+    def _one_placement_per_partition(self) -> RuntimeConfig:
+        n = len(self.partition_resources)
+        if n and n != self.partitions:
+            raise ValueError(
+                f"partition_resources has {n} entries but partitions is {self.partitions}: "
+                "give one per partition, or none"
+            )
+        return self
 
 
 class OutputConfig(Strict):

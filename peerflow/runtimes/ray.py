@@ -792,11 +792,16 @@ class RayRuntime:
                     provenance=self.provenance,
                     **base,
                 )
-                h = ray.remote(SinkActor).options(name=names[key], **here, **common).remote(spec)
+                team = rt.partition_resources[p] if rt.partition_resources else {}
+                where = here
+                if rt.sink_resources or team:
+                    where = actor_options(_normalise_resources({**rt.sink_resources, **team}))
+                h = ray.remote(SinkActor).options(name=names[key], **where, **common).remote(spec)
                 handles[key] = h
                 kinds.append((key, "sink", h))
             for role, role_cfg in config.roles.items():
-                opts = actor_options(_normalise_resources(role_cfg.resources))
+                team = rt.partition_resources[p] if rt.partition_resources else {}
+                opts = actor_options(_normalise_resources({**role_cfg.resources, **team}))
                 workers = role_cfg.workers or rt.max_in_flight
                 for key in groups[role]:
                     spec = ActorSpec(key=key, role=role, workers=workers, **base)
