@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -10,6 +12,8 @@ try:
     HAVE_RAY = True
 except ImportError:
     HAVE_RAY = False
+
+NODE_STORE_BYTES = 150 * 1024 * 1024  # object store per node: small, several share this RAM
 
 # Every runtime the conformance and hardening suites hold to the same promises.
 RUNTIMES = [
@@ -32,12 +36,29 @@ def runtime(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture(scope="session")
-def ray_cluster() -> Iterator[None]:
-    """One small local Ray for the whole session (ray.init costs seconds); runs reuse it."""
+def ray_cluster() -> Iterator[Any]:
+    """A real multi-node Ray on this machine, shared by the session (starting one costs
+    seconds): Ray's own `Cluster` utility with a head node (2 CPUs, where the driver and
+    the sinks run) and one worker node labelled `worker`. Every Ray test thus runs across
+    two raylets; tests that add or remove nodes add their own, with their own labels, and
+    remove them before they end. Yields the `ray.cluster_utils.Cluster`.
+    """
     ray = pytest.importorskip("ray")
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    yield
-    if started:
+    from ray.cluster_utils import Cluster
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if ray.is_initialized():  # someone else's Ray (a test started one): use it as it is
+        yield None
+        return
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 2, "object_store_memory": NODE_STORE_BYTES},
+    )
+    cluster.add_node(num_cpus=0, resources={"worker": 1}, object_store_memory=NODE_STORE_BYTES)
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, include_dashboard=False, logging_level="WARNING")
+    try:
+        yield cluster
+    finally:
         ray.shutdown()
+        cluster.shutdown()

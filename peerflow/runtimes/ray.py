@@ -659,6 +659,7 @@ class RayRuntime:
             ray.init(address=cfg.address, logging_level=logging.WARNING, runtime_env=env)
         else:
             ray.init(
+                address="local",  # a new Ray even where RAY_ADDRESS names a running one
                 num_cpus=cfg.num_cpus or os.cpu_count(),
                 include_dashboard=cfg.dashboard,
                 logging_level=logging.WARNING,
