@@ -544,6 +544,7 @@ class RuntimeMetrics:
             "failed_calls": total["courier_call_failures"],
             "lost_payloads": total["lost"],
             "restarts": dict(self.restarts),
+            "placement": {key: st.get("node") for key, st in sorted(self.last.items())},
             "store_objects_alive": sum(
                 st["counters"].get("held", 0) for st in self.last.values() if st["role"] == "store"
             ),

@@ -600,6 +600,7 @@ class _Base:
         ray_worker.blocking_get_inside_async_warned = True
         self.spec = spec
         self.inc = uuid.uuid4().hex[:12]
+        self.node = ray.get_runtime_context().get_node_id()
         with warnings.catch_warnings():  # Ray's own property trips its deprecation warning
             warnings.simplefilter("ignore")
             self.restarted = ray.get_runtime_context().was_current_actor_reconstructed
@@ -821,6 +822,7 @@ class RoleActor(_Base):
         self.events.clear()
         return {
             "key": self.spec.key,
+            "node": self.node,
             "role": self.spec.role,
             "inc": self.inc,
             "restarted": self.restarted,
@@ -1007,6 +1009,7 @@ class SinkActor(_Base):
         await self._ensure()
         return {
             "key": self.spec.key,
+            "node": self.node,
             "role": "sink",
             "inc": self.inc,
             "restarted": self.restarted,
@@ -1075,6 +1078,7 @@ class StoreActor(_Base):
     async def status(self) -> dict[str, Any]:
         return {
             "key": self.spec.key,
+            "node": self.node,
             "role": "store",
             "inc": self.inc,
             "restarted": self.restarted,
