@@ -132,18 +132,38 @@ class OpenAIServiceConfig(_ClientOptions):
     kind: Literal["openai"] = Field(description="Any running OpenAI-compatible server.")
     model: str = Field(description="Model name sent in every request.")
     endpoints: list[str] = Field(
-        min_length=1,
+        default_factory=list,
         description="Base URLs (`http://host:8000/v1`); requests go to the one with the fewest "
-        "outstanding.",
+        "outstanding. Required unless `registry` is set.",
     )
     api_key_env: str | None = Field(
         default=None,
         description="Name of the environment variable holding the API key (sent as a Bearer "
         "token); the key itself never goes in the config.",
     )
+    registry: str | None = Field(
+        default=None,
+        description="Ray only, set by peerflow for managed services on a cluster: the Ray "
+        "actor name of the registry whose healthy replicas become the endpoints.",
+    )
+
+    @model_validator(mode="after")
+    def _need_endpoints(self) -> OpenAIServiceConfig:
+        if not self.endpoints and self.registry is None:
+            raise ValueError("endpoints: give at least one base URL (`http://host:8000/v1`)")
+        return self
 
 
-class LocalModelConfig(_ClientOptions):
+class _ManagedOptions(_ClientOptions):
+    replicas: int = Field(default=1, ge=1, description="Server processes, balanced like endpoints.")
+    resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="Ray only: resources of each replica (`cpu`, `gpu`, `memory`, custom node "
+        "labels); replicas run on the cluster's nodes, each bound to its node's address.",
+    )
+
+
+class LocalModelConfig(_ManagedOptions):
     """The embedded real model, started and stopped by peerflow itself."""
 
     kind: Literal["local_model"] = Field(description="The embedded model, run by peerflow.")
@@ -158,15 +178,13 @@ class LocalModelConfig(_ClientOptions):
     startup_timeout: float = Field(
         default=180.0, description="Seconds to wait for the server to answer."
     )
-    replicas: int = Field(default=1, ge=1, description="Server processes, balanced like endpoints.")
 
 
-class SimServiceConfig(_ClientOptions):
+class SimServiceConfig(_ManagedOptions):
     """The simulated LLM server: a measuring instrument, never a model."""
 
     kind: Literal["sim"] = Field(description="The simulated LLM server, started by peerflow.")
     model: str = Field(default="sim", description="Model name (replies say SIMULATED anyway).")
-    replicas: int = Field(default=1, ge=1, description="Simulator processes.")
     options: dict[str, Any] = Field(
         default_factory=dict,
         description="Simulator options (`peerflow sim-llm --help`, without host and port): "
@@ -174,8 +192,35 @@ class SimServiceConfig(_ClientOptions):
     )
 
 
+class CommandServiceConfig(_ManagedOptions):
+    """Any OpenAI-compatible server started by a command line (vLLM, SGLang, llama-server)."""
+
+    kind: Literal["command"] = Field(description="A server peerflow starts from a command line.")
+    command: list[str] | str = Field(
+        description="The server's command line, as a list or one string; `{host}`, `{port}` "
+        "and `{model}` are replaced (`vllm serve {model} --host {host} --port {port}`).",
+    )
+    model: str = Field(description="Model name sent in every request (and `{model}`).")
+    startup_timeout: float = Field(
+        default=600.0, gt=0, description="Seconds to wait for the server to answer `/models`."
+    )
+    env: dict[str, str] = Field(
+        default_factory=dict, description="Environment variables added for the server."
+    )
+
+    @model_validator(mode="after")
+    def _placeholders(self) -> CommandServiceConfig:
+        text = self.command if isinstance(self.command, str) else " ".join(self.command)
+        if not text.strip():
+            raise ValueError("command: give the server's command line")
+        if "{port}" not in text:
+            raise ValueError("command: must contain `{port}` (peerflow picks the port)")
+        return self
+
+
 ServiceConfig = Annotated[
-    OpenAIServiceConfig | LocalModelConfig | SimServiceConfig, Field(discriminator="kind")
+    OpenAIServiceConfig | LocalModelConfig | SimServiceConfig | CommandServiceConfig,
+    Field(discriminator="kind"),
 ]
 
 
@@ -650,7 +695,7 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     return config
 
 
-_KIND_TAGS = {"openai", "local_model", "sim", "sequence", "loop", "graph", "custom"}
+_KIND_TAGS = {"openai", "local_model", "sim", "command", "sequence", "loop", "graph", "custom"}
 
 
 def _strip_tags(errors: list[tuple[tuple[str, ...], str]]) -> list[tuple[tuple[str, ...], str]]:

@@ -21,6 +21,7 @@ from typing import Any
 
 from peerflow.message import RUNNING, Message
 from peerflow.pipeline import Pipeline
+from peerflow.runtimes.steps import misroute
 from peerflow.sink import Sink
 from peerflow.stats import RunStats
 
@@ -83,15 +84,6 @@ class Admission:
         self.pipeline.finish(message, self.sink, self.stats)
         self.release()
 
-    @staticmethod
-    def misroute(message: Message, role: str) -> Message:
-        """The workflow named a role that does not exist: that task fails, the run goes on."""
-        return message.fail(
-            "workflow",
-            f"the workflow routed to role {role!r}, which is not defined under roles",
-            role=message.history[-1].role if message.history else None,
-        )
-
     # --- admitting ----------------------------------------------------------------------
     async def run(self, dispatch: Callable[[Message, str | None], bool]) -> None:
         """Admit every unfinished row.
@@ -113,7 +105,7 @@ class Admission:
                 self.in_flight += 1
                 role = pipeline.start(message) if message.status == RUNNING else None
                 if not dispatch(message, role):
-                    dispatch(self.misroute(message, role or "?"), None)
+                    dispatch(misroute(message, role or "?"), None)
         except Exception as exc:  # reading the dataset failed mid-way: stop, loudly
             self.stop(exc)
         finally:

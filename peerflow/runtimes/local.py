@@ -13,72 +13,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import deque
-from collections.abc import Callable
 
 from peerflow.agents import Agent
 from peerflow.config import RuntimeConfig
 from peerflow.message import Message
 from peerflow.pipeline import Pipeline
 from peerflow.runtimes.admission import Admission
+from peerflow.runtimes.steps import Inbox, Workers
 from peerflow.services.watch import ServiceWatch
 from peerflow.sink import Sink
 from peerflow.stats import RunStats
-
-
-class Inbox:
-    """A role's queue that calls one helper at a time for the messages that wait.
-
-    A put wakes an idle worker, or starts a new one (up to `cap`), only when nobody is
-    already on the way; a worker that takes a message and sees more waiting calls the
-    next helper. So a burst of puts costs one wake-up, a worker that never suspends
-    drains the queue alone, and a worker that awaits a server is joined by as many
-    others as there are waiting messages. Leaner than `asyncio.Queue`, which matters
-    because every step of every task passes through one.
-    """
-
-    __slots__ = ("cap", "coming", "idle", "items", "loop", "spawn", "workers")
-
-    def __init__(self, cap: int, spawn: Callable[[Inbox], None]) -> None:
-        self.items: deque[Message] = deque()
-        self.idle: deque[asyncio.Future[None]] = deque()
-        self.loop = asyncio.get_running_loop()
-        self.cap = cap
-        self.spawn = spawn
-        self.workers = 0
-        self.coming = 0  # workers woken or started that have not yet looked at the queue
-
-    def call_help(self) -> None:
-        if self.coming:
-            return
-        idle = self.idle
-        while idle:
-            waiter = idle.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                self.coming += 1
-                return
-        if self.workers < self.cap:
-            self.workers += 1
-            self.coming += 1
-            self.spawn(self)
-
-    def put(self, message: Message) -> None:
-        self.items.append(message)
-        if not self.coming:
-            self.call_help()
-
-    async def get(self) -> Message:
-        items = self.items
-        while not items:
-            waiter = self.loop.create_future()
-            self.idle.append(waiter)
-            await waiter
-            self.coming -= 1
-        message = items.popleft()
-        if items and not self.coming:
-            self.call_help()
-        return message
 
 
 class LocalRuntime:
@@ -124,41 +68,7 @@ class LocalRuntime:
             pipeline, sink, stats, max_in_flight=self.config.max_in_flight, watch=watch
         )
         finish = admission.finish
-        misroute = admission.misroute
-        advance = workflow.advance
-        tasks: set[asyncio.Task[None]] = set()
-
-        async def worker(inbox: Inbox, agent: Agent) -> None:
-            inbox.coming -= 1
-            inline = agent.inline
-            run_inline = agent.run_inline
-            try:
-                while True:
-                    message = await inbox.get()
-                    if inline:
-                        message.history.append(run_inline(message))
-                    else:
-                        message.history.append(await agent.run(message))
-                    nxt = advance(message)
-                    if not dispatch(message, nxt):
-                        finish(misroute(message, nxt))
-            except asyncio.CancelledError:
-                raise
-            except BaseException as exc:  # a runtime bug or a full disk: stop the run, loudly
-                admission.stop(exc)
-
-        def spawner(agent: Agent) -> Callable[[Inbox], None]:
-            def spawn(inbox: Inbox) -> None:
-                task = asyncio.ensure_future(worker(inbox, agent))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-
-            return spawn
-
         inboxes: dict[str, Inbox] = {}
-        for role, agent in agents.items():
-            cap = pipeline.config.roles[role].workers or self.config.max_in_flight
-            inboxes[role] = Inbox(cap, spawner(agent))
 
         def dispatch(message: Message, role: str | None) -> bool:
             if role is None:
@@ -169,6 +79,11 @@ class LocalRuntime:
                 return False
             inbox.put(message)
             return True
+
+        workers = Workers(workflow.advance, dispatch, admission.stop)
+        for role, agent in agents.items():
+            cap = pipeline.config.roles[role].workers or self.config.max_in_flight
+            inboxes[role] = workers.inbox(agent, cap)
 
         interval = pipeline.config.output.flush_interval
 
@@ -187,7 +102,6 @@ class LocalRuntime:
             await admission.drive(dispatch)
         finally:
             flush_task.cancel()
-            for task in list(tasks):
-                task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.gather(flush_task, *tasks, return_exceptions=True)
+                await flush_task
+            await workers.cancel()

@@ -37,7 +37,7 @@ import ray
 from ray.exceptions import ObjectLostError, RayActorError, RayTaskError
 
 from peerflow.message import Message, from_bytes, to_bytes
-from peerflow.runtimes.admission import Admission
+from peerflow.runtimes.steps import misroute
 from peerflow.services.watch import ServiceWatch
 from peerflow.stats import Histogram, RunStats
 
@@ -775,7 +775,7 @@ class RoleActor(_Base):
                     c["prompt_tokens"] += usage.get("prompt_tokens", 0)
                     c["completion_tokens"] += usage.get("completion_tokens", 0)
                 if nxt is not None and nxt not in groups:
-                    Admission.misroute(message, nxt)
+                    misroute(message, nxt)
                     nxt = None
                 if nxt is None:
                     dest = sink_keys[sink_of(message.id, partitions, sinks)]

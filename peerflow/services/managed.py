@@ -3,6 +3,9 @@
 A run that needs a model but has no endpoint (tests, laptops, CI, the simulator) should not
 need a separate terminal: these services launch the server(s), wait until they answer, talk
 to them through the ordinary `OpenAIService` client, and make sure no server outlives the run.
+
+Servers bind to `host` (127.0.0.1 unless the caller says otherwise): on a Ray cluster each
+replica is started by `peerflow.services.cluster` bound to its node's address instead.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import ctypes
 import importlib.util
 import logging
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -29,7 +33,7 @@ import aiohttp
 from peerflow.services.base import ServiceError
 from peerflow.services.openai_client import OpenAIService
 
-__all__ = ["LocalModelService", "ManagedServerService", "SimService"]
+__all__ = ["CommandService", "LocalModelService", "ManagedServerService", "SimService"]
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +44,8 @@ _INSTALL_HINT = "install with `pip install 'peerflow[local]'`"
 _PR_SET_PDEATHSIG = 1
 
 
-def _free_ports(n: int) -> list[int]:
-    """Ports that were free a moment ago; the tiny race with other processes is accepted.
+def _free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """Ports of `host` that were free a moment ago; the tiny race with others is accepted.
 
     All sockets stay bound until every port is chosen so that replicas never get the same one.
     """
@@ -50,7 +54,7 @@ def _free_ports(n: int) -> list[int]:
         for _ in range(n):
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             socks.append(s)
-            s.bind(("127.0.0.1", 0))
+            s.bind((host, 0))
         return [s.getsockname()[1] for s in socks]
     finally:
         for s in socks:
@@ -124,6 +128,7 @@ class ManagedServerService(OpenAIService):
         model: str,
         replicas: int = 1,
         startup_timeout: float = 180.0,
+        host: str = "127.0.0.1",
         **client_kwargs: Any,
     ):
         if replicas < 1:
@@ -132,6 +137,7 @@ class ManagedServerService(OpenAIService):
         super().__init__(name, model=model, endpoints=[], **client_kwargs)
         self.replicas = replicas
         self.startup_timeout = startup_timeout
+        self.host = host
         self.log_dir: Path | None = None
         self.log_paths: list[Path] = []
         self._procs: list[subprocess.Popen[bytes]] = []
@@ -140,12 +146,17 @@ class ManagedServerService(OpenAIService):
     # ---------------------------------------------------------------- overridables
 
     def server_command(self, port: int) -> list[str]:
-        """The argv that serves `/v1/chat/completions` and `/v1/models` on 127.0.0.1:port."""
+        """The argv that serves `/v1/chat/completions` and `/v1/models` on self.host:port."""
         raise NotImplementedError
 
     def server_env(self) -> dict[str, str] | None:
         """Environment for the server process; None inherits ours."""
         return None
+
+    def base_url(self, port: int) -> str:
+        """The OpenAI base URL of the server listening on `port`."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{port}/v1"
 
     def check_available(self) -> None:
         """Fail fast, with an actionable message, before launching anything."""
@@ -163,7 +174,7 @@ class ManagedServerService(OpenAIService):
         self.check_available()
         self.log_dir = Path(tempfile.mkdtemp(prefix=f"peerflow-{self.name}-"))
         self.log_paths = []
-        ports = _free_ports(self.replicas)
+        ports = _free_ports(self.replicas, self.host)
         commands: list[list[str]] = []
         env = self.server_env()
         preexec = _death_signal_preexec()
@@ -202,7 +213,7 @@ class ManagedServerService(OpenAIService):
         except BaseException:
             await self._terminate()
             raise
-        self.endpoints = [f"http://127.0.0.1:{port}/v1" for port in ports]
+        self.endpoints = [self.base_url(port) for port in ports]
         try:
             await super().start()
         except BaseException:
@@ -220,7 +231,7 @@ class ManagedServerService(OpenAIService):
         async with aiohttp.ClientSession(timeout=probe_timeout) as session:
 
             async def wait_one(i: int) -> None:
-                url = f"http://127.0.0.1:{ports[i]}/v1/models"
+                url = self.base_url(ports[i]) + "/models"
                 delay = 0.05
                 while True:
                     code = procs[i].poll()
@@ -391,7 +402,7 @@ class LocalModelService(ManagedServerService):
             "--model",
             str(self.model_path),
             "--host",
-            "127.0.0.1",
+            self.host,
             "--port",
             str(port),
             "--n_ctx",
@@ -425,7 +436,7 @@ class SimService(ManagedServerService):
             "-m",
             "peerflow.services.sim_llm",
             "--host",
-            "127.0.0.1",
+            self.host,
             "--port",
             str(port),
         ]
@@ -436,9 +447,66 @@ class SimService(ManagedServerService):
         return cmd
 
     def server_env(self) -> dict[str, str] | None:
-        # The child must import this very peerflow even when it is not pip-installed.
-        root = str(Path(__file__).resolve().parents[2])
-        env = dict(os.environ)
-        old = env.get("PYTHONPATH")
-        env["PYTHONPATH"] = root + os.pathsep + old if old else root
-        return env
+        return _with_peerflow_path(dict(os.environ))
+
+
+def _with_peerflow_path(env: dict[str, str]) -> dict[str, str]:
+    """`env` with this very peerflow importable, even when it is not pip-installed."""
+    root = str(Path(__file__).resolve().parents[2])
+    old = env.get("PYTHONPATH")
+    env["PYTHONPATH"] = root + os.pathsep + old if old else root
+    return env
+
+
+class CommandService(ManagedServerService):
+    """Any OpenAI-compatible server started from a command line: vLLM, SGLang, llama-server.
+
+    `{host}`, `{port}` and `{model}` in the command are replaced per replica; the server is
+    ready when it answers `GET {base}/models`, with base `http://{host}:{port}/v1`.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        command: list[str] | str,
+        model: str,
+        env: dict[str, str] | None = None,
+        startup_timeout: float = 600.0,
+        replicas: int = 1,
+        **client_kwargs: Any,
+    ):
+        super().__init__(
+            name,
+            model=model,
+            replicas=replicas,
+            startup_timeout=startup_timeout,
+            **client_kwargs,
+        )
+        self.command = shlex.split(command) if isinstance(command, str) else list(command)
+        self.env = dict(env) if env else {}
+
+    def check_available(self) -> None:
+        if not self.command:
+            raise ServiceError(f"service {self.name!r}: the command is empty")
+        exe = self.command[0]
+        if shutil.which(exe) is None:
+            raise ServiceError(
+                f"service {self.name!r}: command {exe!r} was not found (not on PATH)",
+                retryable=True,
+            )
+
+    def server_command(self, port: int) -> list[str]:
+        values = {"host": self.host, "port": str(port), "model": self.model}
+        return [_fill(arg, values) for arg in self.command]
+
+    def server_env(self) -> dict[str, str] | None:
+        # `python -m peerflow...` (the simulator as a command) finds this peerflow too.
+        return _with_peerflow_path({**os.environ, **self.env})
+
+
+def _fill(arg: str, values: dict[str, str]) -> str:
+    """One argument with `{host}`, `{port}`, `{model}` replaced; other braces are kept."""
+    for key, value in values.items():
+        arg = arg.replace("{" + key + "}", value)
+    return arg
