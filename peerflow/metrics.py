@@ -1,4 +1,4 @@
-"""Prometheus export for the local runtime, under the same metric names as the Ray runtime.
+"""Prometheus export of a run, the same for every runtime (Ray adds its own families).
 
 Values are read from the run's `RunStats` at scrape time, so the hot path pays nothing;
 per-role figures move when tasks finish (the sink is where steps are counted locally).
@@ -13,9 +13,15 @@ from peerflow.stats import RunStats
 
 
 class StatsCollector:
-    def __init__(self, stats: RunStats, in_flight: Callable[[], int]):
+    def __init__(
+        self,
+        stats: RunStats,
+        in_flight: Callable[[], int],
+        extra: Callable[[], Iterator[Any]] | None = None,
+    ):
         self.stats = stats
         self.in_flight = in_flight
+        self.extra = extra  # a runtime's own families (Ray: messages, queues, restarts)
 
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -49,13 +55,20 @@ class StatsCollector:
         for status, n in dict(self.stats.by_status).items():
             done.add_metric([status], n)
         yield done
+        if self.extra is not None:
+            yield from self.extra()
 
 
-def serve_metrics(port: int, stats: RunStats, in_flight: Callable[[], int]) -> Any:
+def serve_metrics(
+    port: int,
+    stats: RunStats,
+    in_flight: Callable[[], int],
+    extra: Callable[[], Iterator[Any]] | None = None,
+) -> Any:
     """Start a /metrics HTTP server on `port` (0 = any); returns it (call `.shutdown()`)."""
     from prometheus_client import CollectorRegistry, start_http_server
 
     registry = CollectorRegistry()
-    registry.register(StatsCollector(stats, in_flight))  # type: ignore[arg-type]
+    registry.register(StatsCollector(stats, in_flight, extra))  # type: ignore[arg-type]
     server, _ = start_http_server(port, registry=registry)
     return server

@@ -144,21 +144,26 @@ class Pipeline:
         return self.dataset.duplicate_ids if self.dataset is not None else 0
 
     # --- services and agents ----------------------------------------------
-    def services(self) -> dict[str, Service]:
-        """Service objects for this run, not yet started."""
+    def services(self, configs: Mapping[str, Any] | None = None) -> dict[str, Service]:
+        """Service objects for this run (or for `configs`, in its place), not yet started."""
         from peerflow.services import build_service
 
-        return {name: build_service(name, cfg) for name, cfg in self.config.services.items()}
+        configs = self.config.services if configs is None else configs
+        return {name: build_service(name, cfg) for name, cfg in configs.items()}
 
     @contextlib.asynccontextmanager
-    async def running_services(self, watch: Any = None) -> AsyncIterator[dict[str, Service]]:
+    async def running_services(
+        self, watch: Any = None, configs: Mapping[str, Any] | None = None
+    ) -> AsyncIterator[dict[str, Service]]:
         """Start every service for the run, and stop the started ones however the run ends.
 
         With a `ServiceWatch`, agents get the watched services, and every service must
         answer its health check before this yields: no row is admitted, and no record
-        written, while a service is down or mistyped.
+        written, while a service is down or mistyped. `configs` replaces the config's
+        service sections (the Ray runtime's clients of services already running on the
+        cluster).
         """
-        services = self.services()
+        services = self.services(configs)
         started: list[Service] = []
         try:
             for service in services.values():

@@ -78,6 +78,9 @@ def service_labels(config: RunConfig) -> dict[str, str]:
             labels[name] = SIMULATOR_NOTE
         elif svc.kind == "local_model":
             labels[name] = f"embedded model {svc.model} (llama.cpp server started by peerflow)"
+        elif svc.kind == "command":
+            command = svc.command if isinstance(svc.command, str) else " ".join(svc.command)
+            labels[name] = f"{svc.model} (server started by peerflow: {command})"
         else:
             where = f"{svc.model} at {', '.join(svc.endpoints)}"
             simulated = any(_normalise_base(e) in SIMULATED_BASES for e in svc.endpoints)

@@ -153,6 +153,18 @@ def tool_counts(step: Step) -> tuple[int, int]:
     return 1, int(bool((step.data or {}).get("tool_errors")))
 
 
+_RECORD_FIELDS = (
+    "by_status",
+    "roles",
+    "task_latency",
+    "steps",
+    "prompt_tokens",
+    "completion_tokens",
+    "metric_sums",
+    "metric_counts",
+)
+
+
 class RunStats:
     """Accumulates over finished tasks (the sink calls `observe` once per record)."""
 
@@ -218,6 +230,12 @@ class RunStats:
                     self.metric_counts[key] += 1
         if message.status != OK and len(self.error_samples) < 5 and message.error:
             self.error_samples.append({"id": message.id, **message.error})
+
+    def forget_records(self) -> None:
+        """Drop what `observe` and `merge` added: a Ray driver rebuilds it from its sinks."""
+        fresh = RunStats()
+        for name in (*_RECORD_FIELDS, "duplicates", "error_samples"):
+            setattr(self, name, getattr(fresh, name))
 
     def merge(self, src: RunStats) -> None:
         """Add another process's stats (a Ray sink's records) into these: the one merge."""

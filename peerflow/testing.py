@@ -248,8 +248,8 @@ async def killing_actors(
     kinds: Sequence[str], *, every: float, first: float | None = None, seed: int | None = None
 ) -> AsyncIterator[list[str]]:
     """Kill one named peerflow Ray actor every `every` seconds (the first after `first`)
-    while the block runs, taking the kinds (name fragments: "-r:" role, "-s:" sink, "-o:"
-    store) in turn; Ray restarts it. With `seed` the victim is a random actor of the kind,
+    while the block runs, taking the kinds (name fragments: "-r:" role, "-s:" sink, "-k:"
+    keeper) in turn; Ray restarts it. With `seed` the victim is a random actor of the kind,
     else the first by name. Yields the kinds killed so far, for the test to check."""
     import ray
 

@@ -14,6 +14,11 @@ except ImportError:
     HAVE_RAY = False
 
 NODE_STORE_BYTES = 150 * 1024 * 1024  # object store per node: small, several share this RAM
+NODE_HEALTH_CHECKS = {
+    "health_check_initial_delay_ms": "1000",
+    "health_check_period_ms": "1000",
+    "health_check_failure_threshold": "3",
+}
 
 # Every runtime the conformance and hardening suites hold to the same promises.
 RUNTIMES = [
@@ -47,6 +52,10 @@ def ray_cluster() -> Iterator[Any]:
     from ray.cluster_utils import Cluster
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # Notice a removed node in ~4 s rather than Ray's default ~16 s (Ray reads its system
+    # settings from RAY_<name> variables): node-loss tests then spend less time waiting.
+    for name, value in NODE_HEALTH_CHECKS.items():
+        os.environ.setdefault(f"RAY_{name}", value)
     if ray.is_initialized():  # someone else's Ray (a test started one): use it as it is
         yield None
         return

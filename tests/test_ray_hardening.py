@@ -101,8 +101,9 @@ async def until(predicate: Any, timeout: float = 60.0) -> None:
 async def test_killing_role_sink_and_store_actors_loses_and_duplicates_no_row(
     tmp_path: Path,
 ) -> None:
-    """Payloads above the threshold live in the object store; the store that owns them,
-    the sink and the role actors are killed in turn while the run goes on."""
+    """Payloads above the threshold live in the object store; the keeper that owns them
+    (payloads lost: their tasks start again), the sink and the role actors are killed in
+    turn while the run goes on."""
     long = "x" * 3000
     roles = {
         "a": {"agent": "function", "function": "builtins:repr"},  # a long step: offloaded
@@ -115,10 +116,10 @@ async def test_killing_role_sink_and_store_actors_loses_and_duplicates_no_row(
         runtime={"max_in_flight": 16, "offload_threshold": 64},
         task={"message": long + " {{ n }}"},
     )
-    kinds = ["-o:", "-s:", "-r:"]
+    kinds = ["-k:", "-s:", "-r:"]
     async with killing_actors(kinds, every=0.8, first=1.0) as killed:
         summary = await run(config)
-    assert set(killed) == set(kinds), killed  # the store, the sink and a role actor died
+    assert set(killed) == set(kinds), killed  # a keeper, the sink and a role actor died
     records = read(tmp_path / "out.jsonl")
     ids = [r["id"] for r in records]
     assert len(ids) == len(set(ids)) == 500
@@ -131,7 +132,7 @@ async def test_killing_role_sink_and_store_actors_loses_and_duplicates_no_row(
     assert_counts_match(summary, records)
     assert summary["ray"]["offloaded_fields"] >= 500
     restarts = summary["ray"]["restarts"]
-    assert restarts.get("store") and restarts.get("sink"), restarts
+    assert restarts.get("sink"), restarts
 
 
 # --- repeated ids ------------------------------------------------------------------------
@@ -334,9 +335,9 @@ async def test_a_driver_loop_that_dies_stops_the_run_instead_of_hanging(
 ) -> None:
     """If a confirmation cannot be handled (an undecodable reply, a bug), slots would never
     be freed: the run must stop with the error, and the same command then finishes."""
-    from peerflow.runtimes import ray as ray_runtime
+    from peerflow.runtimes.ray_driver import Ledger
 
-    real = ray_runtime._Ledger.report
+    real = Ledger.report
     calls = {"n": 0}
 
     def broken(self: Any, *args: Any, **kw: Any) -> Any:
@@ -345,12 +346,12 @@ async def test_a_driver_loop_that_dies_stops_the_run_instead_of_hanging(
             raise RuntimeError("cannot read a sink's report")
         return real(self, *args, **kw)
 
-    monkeypatch.setattr(ray_runtime._Ledger, "report", broken)
+    monkeypatch.setattr(Ledger, "report", broken)
     echo = {"agent": ECHO, "delay": 0.01}
     config = make_config(tmp_path, rows(200), roles={"a": echo, "b": echo})
     with pytest.raises(RuntimeError, match="cannot read a sink's report"):
         await asyncio.wait_for(run(config), SAFETY)
-    monkeypatch.setattr(ray_runtime._Ledger, "report", real)
+    monkeypatch.setattr(Ledger, "report", real)
     summary = await asyncio.wait_for(run(config), SAFETY)
     assert summary["exit_code"] == 0
     records = read(Path(config.output.path))

@@ -70,8 +70,24 @@ def client_options(cfg: Any) -> dict[str, Any]:
     }
 
 
-def build_service(name: str, cfg: Any) -> Service:
+def build_service(name: str, cfg: Any, *, host: str = "127.0.0.1") -> Service:
+    """The service a config section describes, not yet started.
+
+    Managed kinds bind their servers to `host`. An `openai` section with a `registry` (a
+    managed service running as replicas on a Ray cluster) gives a client whose endpoints
+    follow that registry.
+    """
     if cfg.kind == "openai":
+        if getattr(cfg, "registry", None):
+            from peerflow.services.cluster import RegistryClient
+
+            return RegistryClient(
+                name,
+                registry=cfg.registry,
+                model=cfg.model,
+                api_key_env=cfg.api_key_env,
+                **client_options(cfg),
+            )
         from peerflow.services.openai_client import OpenAIService
 
         return OpenAIService(
@@ -79,6 +95,19 @@ def build_service(name: str, cfg: Any) -> Service:
             model=cfg.model,
             endpoints=list(cfg.endpoints),
             api_key_env=cfg.api_key_env,
+            **client_options(cfg),
+        )
+    if cfg.kind == "command":
+        from peerflow.services.managed import CommandService
+
+        return CommandService(
+            name,
+            command=cfg.command,
+            model=cfg.model,
+            env=dict(cfg.env),
+            startup_timeout=cfg.startup_timeout,
+            replicas=cfg.replicas,
+            host=host,
             **client_options(cfg),
         )
     if cfg.kind == "local_model":
@@ -91,6 +120,7 @@ def build_service(name: str, cfg: Any) -> Service:
             n_threads=cfg.n_threads,
             startup_timeout=cfg.startup_timeout,
             replicas=cfg.replicas,
+            host=host,
             **client_options(cfg),
         )
     if cfg.kind == "sim":
@@ -104,6 +134,7 @@ def build_service(name: str, cfg: Any) -> Service:
             model=cfg.model,
             options=dict(cfg.options),
             replicas=cfg.replicas,
+            host=host,
             **client_options(cfg),
         )
     raise ValueError(f"services.{name}.kind: unknown kind {cfg.kind!r}")

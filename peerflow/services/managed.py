@@ -167,6 +167,11 @@ class ManagedServerService(OpenAIService):
     def pids(self) -> list[int]:
         return [p.pid for p in self._procs]
 
+    @property
+    def processes(self) -> list[subprocess.Popen[bytes]]:
+        """The server processes of the last `start`, one per replica (for supervisors)."""
+        return list(self._procs)
+
     async def start(self) -> None:
         """Launch the replicas, wait until all answer, then open the client pool."""
         if self._session is not None:

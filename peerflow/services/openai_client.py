@@ -11,6 +11,11 @@ Transient failures (transport errors, timeouts, HTTP 408/429/5xx) are retried; a
 `Retry-After` is honoured up to `retry_after_max`, which is deliberately separate from
 `backoff_max`: a provider that asks for a minute's pause means it, and hammering it sooner
 only earns more 429s.
+
+The pool can change while calls run (`set_endpoints`): managed services on a Ray cluster
+follow a registry of healthy replicas (`peerflow.services.cluster.RegistryClient`). An
+endpoint that stays keeps its state (outstanding calls, cool-down, counters); calls already
+sent to one that left finish or fail as they would, and their retries go to the others.
 """
 
 from __future__ import annotations
@@ -136,6 +141,9 @@ def _error_text(raw: bytes) -> str:
 class OpenAIService:
     """A pool of OpenAI-compatible endpoints serving one model, used as a shared `Service`."""
 
+    # Whether the pool may be empty at start (it is filled later, by `set_endpoints`).
+    dynamic = False
+
     def __init__(
         self,
         name: str,
@@ -179,6 +187,9 @@ class OpenAIService:
             total=None, sock_connect=connect_timeout, sock_read=timeout
         )
         self._eps: list[_Endpoint] = [_Endpoint(e, i) for i, e in enumerate(self.endpoints)]
+        # Every endpoint ever in the pool, by base URL: one that leaves and comes back (a
+        # restarted replica on the same port) keeps its counters, and stats count them all.
+        self._known: dict[str, _Endpoint] = {ep.base: ep for ep in self._eps}
         self._last_error: str | None = None
         self._rr = 0
         self._calls = 0
@@ -196,11 +207,9 @@ class OpenAIService:
         """Open the shared connection pool; the API key is read now so rotation needs no code."""
         if self._session is not None:
             return
-        if not self.endpoints:
+        if not self.endpoints and not self.dynamic:
             raise ServiceError(f"service {self.name!r}: no endpoints configured")
-        self.endpoints = [_normalise_base(e) for e in self.endpoints]
-        if [e.base for e in self._eps] != self.endpoints:
-            self._eps = [_Endpoint(e, i) for i, e in enumerate(self.endpoints)]
+        self.set_endpoints(self.endpoints)
         headers = {"Content-Type": "application/json"}
         self._secret = None
         if self.api_key_env:
@@ -225,6 +234,28 @@ class OpenAIService:
             # Nothing here needs cookies; skipping the jar saves work on every response.
             cookie_jar=aiohttp.DummyCookieJar(),
         )
+
+    def set_endpoints(self, endpoints: list[str]) -> None:
+        """Make `endpoints` the pool, in place: safe while calls are running.
+
+        Endpoints that stay keep their state; one that comes back after being left out (the
+        registry found it healthy again) starts with a clean cool-down.
+        """
+        bases = [_normalise_base(e) for e in endpoints]
+        current = {id(ep) for ep in self._eps}
+        eps = []
+        for i, base in enumerate(dict.fromkeys(bases)):
+            ep = self._known.get(base)
+            if ep is None:
+                ep = self._known[base] = _Endpoint(base, i)
+            elif id(ep) not in current:
+                ep.mark_success()
+            ep.index = i
+            eps.append(ep)
+        self.endpoints = [ep.base for ep in eps]
+        self._eps = eps
+        if self._rr >= len(eps):
+            self._rr = 0
 
     async def stop(self) -> None:
         session, self._session = self._session, None
@@ -280,6 +311,9 @@ class OpenAIService:
                 self._note_error(ep, f"health probe {ep.models_url}: {why}")
             return ok
 
+        if not self._eps:
+            self._last_error = f"service {self.name!r}: no endpoint (no replica is healthy)"
+            return False
         results = await asyncio.gather(*(probe(ep) for ep in self._eps))
         return any(results)
 
@@ -366,9 +400,18 @@ class OpenAIService:
         last_error = ""
         last_status: int | None = None
         last_exc: BaseException | None = None
-        ep = self._eps[0]
+        ep: _Endpoint | None = None
 
         for attempt in range(attempts):
+            if not self._eps:
+                # A pool that follows a registry is empty while no replica is healthy;
+                # waiting out the back-off lets a restarted replica take the retry.
+                last_exc, last_status = None, None
+                last_error = "no endpoint to send to (no replica is healthy)"
+                self._note_error(None, f"service {self.name!r}: {last_error}")
+                if attempt + 1 < attempts:
+                    await asyncio.sleep(self._delay(attempt, None))
+                continue
             ep = self._pick(key, avoid)
             ep.requests += 1
             if attempt:
@@ -475,7 +518,7 @@ class OpenAIService:
         raise ServiceError(
             self._redact(
                 f"service {self.name!r}: chat completion failed after {attempts} attempt(s); "
-                f"last attempt on {ep.base}: {last_error}"
+                f"last attempt on {ep.base if ep is not None else 'no endpoint'}: {last_error}"
             ),
             attempts=attempts,
             retryable=True,
@@ -496,16 +539,17 @@ class OpenAIService:
                 "healthy": ep.down_until <= now,
                 "last_error": ep.last_error,
             }
-            for ep in self._eps
+            for ep in self._known.values()
         }
+        known = self._known.values()
         return {
             "name": self.name,
             "model": self.model,
             "calls": self._calls,
             "failures": self._failures,
-            "requests": sum(ep.requests for ep in self._eps),
-            "errors": sum(ep.errors for ep in self._eps),
-            "retries": sum(ep.retries for ep in self._eps),
-            "outstanding": sum(ep.outstanding for ep in self._eps),
+            "requests": sum(ep.requests for ep in known),
+            "errors": sum(ep.errors for ep in known),
+            "retries": sum(ep.retries for ep in known),
+            "outstanding": sum(ep.outstanding for ep in known),
             "endpoints": per,
         }
