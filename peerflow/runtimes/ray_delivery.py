@@ -237,7 +237,7 @@ class Courier:
                 await asyncio.wait((answer, link.restarted), return_when=asyncio.FIRST_COMPLETED)
                 link.since, link.sending = 0.0, []
                 if not answer.done():  # a probe saw a new incarnation and re-sent the batch
-                    answer.add_done_callback(_retrieved)
+                    answer.add_done_callback(retrieved)
                     continue
                 try:
                     inc, acks = answer.result()
@@ -402,7 +402,7 @@ class Courier:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def _retrieved(task: asyncio.Future[Any]) -> None:
+def retrieved(task: asyncio.Future[Any]) -> None:
     """An abandoned call's outcome is of no interest (it went to a dead incarnation)."""
     if not task.cancelled():
         task.exception()
@@ -429,10 +429,10 @@ async def fetch(tables: list[Table]) -> tuple[dict[Any, list[str]], set[int]]:
 
 
 async def _get(ref: Any) -> Any:
-    return await asyncio.wait_for(_awaited(ref), FETCH_TIMEOUT)
+    return await asyncio.wait_for(awaited(ref), FETCH_TIMEOUT)
 
 
-async def _awaited(ref: Any) -> Any:
+async def awaited(ref: Any) -> Any:
     return await ref
 
 

@@ -25,7 +25,7 @@ from peerflow import merge
 from peerflow.idset import IdSet, id_hash
 from peerflow.message import Message, from_bytes, to_bytes
 from peerflow.runtimes.admission import Admission
-from peerflow.runtimes.ray_delivery import EPOCH, Courier, Parcel, stable_hash
+from peerflow.runtimes.ray_delivery import EPOCH, Courier, Parcel, awaited, retrieved, stable_hash
 from peerflow.stats import RunStats
 
 log = logging.getLogger(__name__)
@@ -483,26 +483,16 @@ async def gather_answers(
     methods: list[Any], args: list[Any] | None = None, *, timeout: float = CALL_TIMEOUT
 ) -> list[Any]:
     """Call actor methods together; None for each that failed or did not answer in time."""
-
-    async def one(method: Any, *a: Any) -> Any:
-        return await method.remote(*a)
-
-    tasks = [
-        asyncio.ensure_future(one(m, *([args[i]] if args else []))) for i, m in enumerate(methods)
-    ]
-    if not tasks:
-        return []
-    await asyncio.wait(tasks, timeout=timeout)
-    out = []
+    calls = [m.remote(args[i]) if args else m.remote() for i, m in enumerate(methods)]
+    tasks = [asyncio.ensure_future(awaited(call)) for call in calls]
     for task in tasks:
-        if not task.done():
-            task.cancel()
-            out.append(None)
-        elif task.exception() is not None:
-            out.append(None)
-        else:
-            out.append(task.result())
-    return out
+        task.add_done_callback(retrieved)  # dead actors are expected here
+    if tasks:
+        await asyncio.wait(tasks, timeout=timeout)
+    for task in tasks:
+        task.cancel()  # no-op for those done
+    done = [t.done() and not t.cancelled() and t.exception() is None for t in tasks]
+    return [t.result() if ok else None for t, ok in zip(tasks, done, strict=True)]
 
 
 async def retrying(method: Any, *args: Any, attempts: int = 50) -> Any:
