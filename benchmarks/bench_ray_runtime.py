@@ -103,7 +103,9 @@ async def runtime_rate(rows: int, max_in_flight: int, threshold: int | None) -> 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=20000)
-    parser.add_argument("--max-in-flight", type=int, default=1000)
+    parser.add_argument(
+        "--max-in-flight", type=int, default=1000, help="hand-set (the runtime's default is 256)"
+    )
     parser.add_argument("--raw-messages", type=int, default=1000)
     parser.add_argument("--raw-hops", type=int, default=12)
     args = parser.parse_args()
@@ -126,8 +128,8 @@ def main() -> None:
             f"peerflow Ray runtime, dummy Coral, {label}: {args.rows} tasks, {r['steps']} steps "
             f"in {r['wall']:.2f} s (actor start-up included) = {rate:,.0f} steps/s; "
             f"{rep['messages_per_call']} messages per call; "
-            f"{rep['bytes_per_hop']:,.0f} bytes per hop ({rep['inline_bytes_per_hop']:,.0f} "
-            f"inline + {rep['refs_per_hop']} object refs)"
+            f"{rep['inline_bytes_per_hop']:,.0f} inline bytes per hop + "
+            f"{rep['hop_refs'] / max(rep['hops'], 1):.2f} object refs"
         )
     for label, rate in results.items():
         print(f"ratio Ray runtime ({label}) / raw one-message-per-call hops: {rate / raw:.2f}")

@@ -90,6 +90,49 @@ class Adder(Agent):
         return Step(role=self.role, content=str(args["a"] + args["b"]), tool_call_id=call["id"])
 
 
+# Content sizes of the paper's Fig. 8 (Tau2 conversations), as (share, smallest, largest)
+# in bytes, uniform within each bar; the open ">= 1 KB" bar is read as 1-8 KiB, log-uniform.
+SIZE_MIX: tuple[tuple[float, int, int], ...] = (
+    (0.319, 1, 31),
+    (0.182, 32, 63),
+    (0.145, 64, 127),
+    (0.115, 128, 255),
+    (0.116, 256, 512),
+    (0.066, 513, 1023),
+    (0.057, 1024, 8192),
+)
+_FILLER = "the quick brown fox jumps over the lazy dog; " * 200  # ASCII: bytes == characters
+
+
+class SizeMixOptions(AgentOptions):
+    delay: float = 0.0
+    seed: int = 0
+
+
+class SizeMix(Agent):
+    """A measuring instrument: texts sized as `SIZE_MIX`, the same per (seed, task, step)."""
+
+    Options = SizeMixOptions
+    options: SizeMixOptions
+
+    async def process(self, message: Message, request: Any) -> Step:
+        if self.options.delay:
+            await asyncio.sleep(self.options.delay)
+        hop = len(message.history)
+        rng = random.Random(f"{self.options.seed}/{message.id}/{hop}")
+        x, bar = rng.random(), 0
+        while bar < len(SIZE_MIX) - 1 and x >= SIZE_MIX[bar][0]:
+            x -= SIZE_MIX[bar][0]
+            bar += 1
+        _, low, high = SIZE_MIX[bar]
+        if bar == len(SIZE_MIX) - 1:  # the open last bar: log-uniform
+            size = int(low * (high / low) ** rng.random())
+        else:
+            size = rng.randint(low, high)
+        head = f"{self.role}:{hop}:"
+        return Step(role=self.role, content=(head + _FILLER)[:size], data={"bytes": size})
+
+
 # --- tools for `agent: tools` roles in tests and tutorials --------------------------
 
 
