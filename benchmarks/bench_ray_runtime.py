@@ -119,7 +119,7 @@ def main() -> None:
         f"= {raw:,.0f} steps/s"
     )
     results = {}
-    for label, threshold in (("offload off", None), ("offload 512 B (default)", 512)):
+    for label, threshold in (("offload off (default)", None), ("offload 512 B", 512)):
         r = asyncio.run(runtime_rate(args.rows, args.max_in_flight, threshold))
         rate = r["steps"] / r["wall"]
         rep = r["ray"]

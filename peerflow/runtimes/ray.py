@@ -63,8 +63,8 @@ class RayRuntime:
         self.watches = ActorWatches(fail_fast=config.fail_fast)
         self.actor_stats = ActorStats()
         self.report: dict[str, Any] = {}
-        self.handles: dict[str, Any] = {}
         self.run_id = uuid.uuid4().hex[:8]
+        self.actors = Actors(config, self.run_id)
 
     @property
     def in_flight(self) -> int:
@@ -146,11 +146,12 @@ class RayRuntime:
         shards = [
             shard_path(out, i, rt.partitions * rt.sinks) for i in range(rt.partitions * rt.sinks)
         ]
-        groups = self._create_actors(config, acfg, shards, sink.provenance, t0)
+        actors = self.actors
+        groups = actors.create(config, acfg, shards, sink.provenance, t0)
         driver = Driver(
             admission,
             ledger,
-            self.handles,
+            actors.handles,
             groups,
             partitions=rt.partitions,
             sinks=rt.sinks,
@@ -160,19 +161,19 @@ class RayRuntime:
         )
         loops: list[asyncio.Future[Any]] = []
         try:
-            await self._await_ready()
+            await actors.await_ready(self.actor_stats)
             await driver.open_output(out, shards)
             self.report["finished_before_this_run"] = len(ledger.finished)
             self.report["failed_rows_to_retry"] = len(ledger.retry)
             loops = driver.start()
             if rt.offload_threshold is not None:
-                loops.append(asyncio.ensure_future(self._keep_keepers()))
+                loops.append(asyncio.ensure_future(actors.keep_keepers()))
             await admission.drive(driver.dispatch)
         finally:
             if loops:
                 await driver.poll_status()  # final numbers for the summary
             closed = await driver.stop(loops)
-            await self._shutdown_actors()
+            await actors.shutdown()
             # Re-attempted rows now have a new record: remove their old ones, wherever they
             # are; only once every sink closed its files (else the next run's open does).
             if ledger.taken:
@@ -187,13 +188,40 @@ class RayRuntime:
                 partitions=rt.partitions,
                 sinks=rt.sinks,
                 shards=[str(p) for p in shards],
-                actors=len(self.handles),
+                actors=len(actors.handles),
                 offload_threshold=rt.offload_threshold,
                 run_seconds=round(time.time() - t0, 3),
             )
 
-    # -- actors ----------------------------------------------------------------------------
-    def _create_actors(
+    def _families(self) -> Iterator[Any]:
+        """Prometheus families only Ray has (the rest come from the run's stats)."""
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        roles = self.actor_stats.report()["roles"]
+        received = CounterMetricFamily(
+            "peerflow_messages_in", "Messages delivered", labels=["role"]
+        )
+        queue = GaugeMetricFamily(
+            "peerflow_queue_depth", "Tasks in the role's actors", labels=["role"]
+        )
+        for role, r in roles.items():
+            received.add_metric([role], r["in"])
+            queue.add_metric([role], r["queue"])
+        restarts = CounterMetricFamily("peerflow_actor_restarts", "Actor restarts", labels=["role"])
+        for role, n in self.actor_stats.restarts.items():
+            restarts.add_metric([role], n)
+        yield from (received, queue, restarts)
+
+
+class Actors:
+    """The actors of one run: created by role, sink and node, awaited, and shut down."""
+
+    def __init__(self, config: RuntimeConfig, run_id: str):
+        self.config = config
+        self.run_id = run_id
+        self.handles: dict[str, Any] = {}  # actor key -> handle; keepers join as nodes do
+
+    def create(
         self,
         config: RunConfig,
         acfg: RunConfig,
@@ -264,7 +292,7 @@ class RayRuntime:
             .remote(*args)
         )
 
-    async def _keep_keepers(self) -> None:
+    async def keep_keepers(self) -> None:
         """One `Keeper` per alive node, for payloads offloaded there (nodes come and go)."""
         import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -279,7 +307,7 @@ class RayRuntime:
                     self._start(Keeper, key, {"num_cpus": 0, "scheduling_strategy": strategy})
             await asyncio.sleep(2.0)
 
-    async def _await_ready(self) -> None:
+    async def await_ready(self, stats: Any) -> None:
         from ray.exceptions import RayTaskError
 
         from peerflow.runtimes.ray_driver import retrying
@@ -296,6 +324,7 @@ class RayRuntime:
                 raise RuntimeError(
                     f"ray runtime: actor {tasks[task]} failed to start: {what}"
                 ) from None
+            stats.update(task.result())
         if pending:
             stuck = sorted({tasks[t].rsplit(":", 2)[0] for t in pending})
             raise PlacementError(
@@ -304,7 +333,7 @@ class RayRuntime:
                 "probably cannot place them (resources busy or missing)"
             )
 
-    async def _shutdown_actors(self) -> None:
+    async def shutdown(self) -> None:
         import ray
 
         from peerflow.runtimes.ray_driver import gather_answers
@@ -315,25 +344,6 @@ class RayRuntime:
         for handle in self.handles.values():
             with contextlib.suppress(Exception):
                 ray.kill(handle, no_restart=True)
-
-    def _families(self) -> Iterator[Any]:
-        """Prometheus families only Ray has (the rest come from the run's stats)."""
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-
-        roles = self.actor_stats.report()["roles"]
-        received = CounterMetricFamily(
-            "peerflow_messages_in", "Messages delivered", labels=["role"]
-        )
-        queue = GaugeMetricFamily(
-            "peerflow_queue_depth", "Tasks in the role's actors", labels=["role"]
-        )
-        for role, r in roles.items():
-            received.add_metric([role], r["in"])
-            queue.add_metric([role], r["queue"])
-        restarts = CounterMetricFamily("peerflow_actor_restarts", "Actor restarts", labels=["role"])
-        for role, n in self.actor_stats.restarts.items():
-            restarts.add_metric([role], n)
-        yield from (received, queue, restarts)
 
 
 def _with(spec: Any, **changes: Any) -> Any:

@@ -225,7 +225,13 @@ class Courier:
                 del link.outbox[:MAX_BATCH]
                 link.sending = batch
                 if batch:
-                    call = link.handle.deliver.remote(self.me, *await self._pack(batch, link))
+                    if self.threshold is not None and self.put is not None:
+                        fresh = [p for p in batch if p.message is not None]
+                        self.counters.update(await offload(fresh, self.threshold, self.put))
+                    remote = bool(link.node) and link.node != self.node
+                    call = link.handle.deliver.remote(
+                        self.me, *encode(batch, self.counters, remote)
+                    )
                 elif link.need_poll:
                     call = link.handle.poll.remote(self.me)
                 else:
@@ -258,57 +264,6 @@ class Courier:
             link.since, link.sending = 0.0, []
         if link.outbox or link.need_poll:
             self._kick(link)
-
-    async def _pack(self, batch: list[Parcel], link: Link) -> tuple[list[str], list[bytes], Any]:
-        """Encode the batch's new parcels, putting their large contents in one object."""
-        fresh = [p for p in batch if p.message is not None]
-        if self.threshold is not None and fresh:
-            await self._offload(fresh)
-        for p in fresh:
-            message = p.message
-            assert message is not None
-            for idx in p.table:
-                message.history[idx].content = None  # carried by the table's object
-            p.data = to_bytes(message)
-            p.message = None
-        c = self.counters
-        c["calls"] += 1
-        c["hops"] += len(batch)
-        size = sum(len(p.data) for p in batch)
-        c["hop_bytes"] += size
-        if link.node and link.node != self.node:
-            c["hop_bytes_to_other_nodes"] += size
-        tables = [p.table for p in batch]
-        refs = sum(len(t) for t in tables)
-        c["hop_refs"] += refs
-        return [p.key for p in batch], [p.data for p in batch], tables if refs else None
-
-    async def _offload(self, parcels: list[Parcel]) -> None:
-        threshold = self.threshold
-        assert threshold is not None and self.put is not None
-        big: list[tuple[Parcel, int, str]] = []
-        for p in parcels:
-            assert p.message is not None
-            for idx, step in enumerate(p.message.history):
-                text = step.content
-                if (
-                    text is not None
-                    and len(text) > threshold // 4  # cheap test first: utf-8 is <= 4x
-                    and idx not in p.table
-                    and len(text.encode()) > threshold
-                ):
-                    big.append((p, idx, text))
-        if not big:
-            return
-        values = [text for _, _, text in big]
-        try:
-            ref = await self.put(values)
-        except RayActorError:  # the keeper is restarting: own the object ourselves meanwhile
-            ref = ray.put(values)
-        for pos, (p, idx, _) in enumerate(big):
-            p.table[idx] = (ref, pos)
-        self.counters["offloaded_fields"] += len(values)
-        self.counters["offloaded_bytes"] += sum(len(v) for v in values)
 
     def _replied(self, link: Link, inc: str, acks: list[str], batch: list[Parcel]) -> None:
         if link.inc is not None and inc != link.inc and link.unacked:
@@ -400,6 +355,54 @@ class Courier:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def encode(
+    batch: list[Parcel], counters: Counter[str], remote: bool
+) -> tuple[list[str], list[bytes], list[Table] | None]:
+    """A deliver call's arguments: hop keys, encoded messages, and their tables (if any)."""
+    for p in batch:
+        message = p.message
+        if message is not None:  # not encoded yet (a re-sent parcel is)
+            for idx in p.table:
+                message.history[idx].content = None  # carried by the table's object
+            p.data = to_bytes(message)
+            p.message = None
+    size = sum(len(p.data) for p in batch)
+    tables = [p.table for p in batch]
+    refs = sum(len(t) for t in tables)
+    counters.update(calls=1, hops=len(batch), hop_bytes=size, hop_refs=refs)
+    if remote:
+        counters["hop_bytes_to_other_nodes"] += size
+    return [p.key for p in batch], [p.data for p in batch], tables if refs else None
+
+
+async def offload(
+    parcels: list[Parcel], threshold: int, put: Callable[[list[str]], Awaitable[Any]]
+) -> Counter[str]:
+    """Move the parcels' texts longer than `threshold` bytes into one object (by `put`)."""
+    big: list[tuple[Parcel, int, str]] = []
+    for p in parcels:
+        assert p.message is not None
+        for idx, step in enumerate(p.message.history):
+            text = step.content
+            if (
+                text is not None
+                and len(text) > threshold // 4  # cheap test first: utf-8 is <= 4x
+                and idx not in p.table
+                and len(text.encode()) > threshold
+            ):
+                big.append((p, idx, text))
+    if not big:
+        return Counter()
+    values = [text for _, _, text in big]
+    try:
+        ref = await put(values)
+    except RayActorError:  # the keeper is restarting: own the object ourselves meanwhile
+        ref = ray.put(values)
+    for pos, (p, idx, _) in enumerate(big):
+        p.table[idx] = (ref, pos)
+    return Counter(offloaded_fields=len(values), offloaded_bytes=sum(len(v) for v in values))
 
 
 def retrieved(task: asyncio.Future[Any]) -> None:

@@ -57,6 +57,35 @@ class Ledger:
         self.per_sink: dict[str, RunStats] = {}
         self.taken = False  # the files were read (a run can fail before)
 
+    async def read(
+        self, handles: dict[str, Any], sink_keys: list[str], out: Path, shards: list[Path]
+    ) -> dict[str, str]:
+        """Take what every shard (and earlier layouts' files) holds; returns the sinks'
+        incarnations."""
+        opened = await asyncio.gather(*[retrying(handles[k].open) for k in sink_keys])
+        incs = {key: inc for key, (inc, _) in zip(sink_keys, opened, strict=True)}
+        recs: list[merge.Recovered] = [rec for _, rec in opened]
+        listed = merge.read_manifest(out)
+        others = [
+            p
+            for p in dict.fromkeys([*listed, out])
+            if p not in shards and (p.exists() or merge.errors_path(p).exists())
+        ]
+        if others:
+            recs.append(await asyncio.to_thread(merge.compact, merge.with_errors(others)))
+        if not self.take(recs):
+            # An id has records in two files: a crash came between a retried row's new
+            # record and the compaction, and the shard layout changed since. Compact all
+            # files together, with the sinks' files closed meanwhile.
+            sinks = [handles[k] for k in sink_keys]
+            await asyncio.gather(*[retrying(h.suspend) for h in sinks])
+            whole = await asyncio.to_thread(merge.compact, merge.with_errors([*shards, *others]))
+            await asyncio.gather(*[retrying(h.resume) for h in sinks])
+            self.take([whole])
+        if len(shards) > 1 or listed:
+            merge.write_manifest(out, shards)
+        return incs
+
     def take(self, recs: list[merge.Recovered]) -> bool:
         """Take what the files hold; False if an id has records in two of them."""
         done, retry = IdSet(), IdSet()
@@ -301,33 +330,9 @@ class Driver:
     async def _lookup(self, key: str) -> Any:
         return self.handles[key]
 
-    # -- the output --------------------------------------------------------------------
     async def open_output(self, out: Path, shards: list[Path]) -> None:
-        """Read what every shard (and earlier layouts' files) holds, before admission."""
-        opened = await asyncio.gather(*[retrying(self.handles[k].open) for k in self.sink_keys])
-        recs: list[merge.Recovered] = []
-        for key, (inc, rec) in zip(self.sink_keys, opened, strict=True):
-            self.sink_incs[key] = inc
-            recs.append(rec)
-        listed = merge.read_manifest(out)
-        others = [
-            p
-            for p in dict.fromkeys([*listed, out])
-            if p not in shards and (p.exists() or merge.errors_path(p).exists())
-        ]
-        if others:
-            recs.append(await asyncio.to_thread(merge.compact, merge.with_errors(others)))
-        if not self.ledger.take(recs):
-            # An id has records in two files: a crash came between a retried row's new
-            # record and the compaction, and the shard layout changed since. Compact all
-            # files together, with the sinks' files closed meanwhile.
-            sinks = [self.handles[k] for k in self.sink_keys]
-            await asyncio.gather(*[retrying(h.suspend) for h in sinks])
-            whole = await asyncio.to_thread(merge.compact, merge.with_errors([*shards, *others]))
-            await asyncio.gather(*[retrying(h.resume) for h in sinks])
-            self.ledger.take([whole])
-        if len(shards) > 1 or listed:
-            merge.write_manifest(out, shards)
+        """Read what the output holds before admission (and learn the sinks' incarnations)."""
+        self.sink_incs.update(await self.ledger.read(self.handles, self.sink_keys, out, shards))
 
     # -- admission ---------------------------------------------------------------------
     def dispatch(self, message: Message, role: str | None) -> bool:

@@ -85,10 +85,11 @@ class _Peer:
         task = self._init_task
         return task is not None and task.done() and task.exception() is None
 
-    async def ready(self) -> str:
-        """Awaited by the driver before the run: builds the actor; returns its incarnation."""
+    async def ready(self) -> dict[str, Any]:
+        """Awaited by the driver before the run: builds the actor; its first status (so a
+        restart before the first status round is still seen as one)."""
         await self._ensure()
-        return self.inc
+        return self._status()
 
     def _status(self, **more: Any) -> dict[str, Any]:
         fatal = self.fatal
