@@ -28,9 +28,9 @@ def normalise_resources(*requests: dict[str, float]) -> dict[str, float]:
     return out
 
 
-def actor_options(resources: dict[str, float]) -> dict[str, Any]:
-    """Ray actor options for a resource request (no request = 0 CPUs: placed anywhere)."""
-    rest = normalise_resources(resources)
+def actor_options(*requests: dict[str, float]) -> dict[str, Any]:
+    """Ray actor options for resource requests together (none = 0 CPUs: placed anywhere)."""
+    rest = normalise_resources(*requests)
     opts: dict[str, Any] = {"num_cpus": rest.pop("CPU", 0.0)}
     for name, option in (("GPU", "num_gpus"), ("memory", "memory")):
         if rest.get(name):

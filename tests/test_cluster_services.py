@@ -297,18 +297,23 @@ async def test_a_service_no_node_can_host_is_refused_before_anything_starts(
 # --- failures mid-run ------------------------------------------------------------------------
 
 
-async def test_killing_a_replicas_server_mid_run_loses_no_row(
-    nodes: list[Any], tmp_path: Path
-) -> None:
-    n = 200
-    cfg = config(tmp_path, n)
+async def start_flowing(cfg: RunConfig, tmp_path: Path) -> tuple[Any, Any, Any]:
+    """Start a run with two replicas; return once rows are flowing: (run, registry, replicas)."""
     before = registry_names()
     work = asyncio.ensure_future(
         asyncio.wait_for(run_async(cfg, pipeline=Pipeline(cfg), progress=False), SAFETY)
     )
     registry = await run_registry(before)
     entries = await replicas(registry, 2)
-    await until(lambda: written(tmp_path / "out.jsonl") >= 20, 60.0)  # rows are flowing
+    await until(lambda: written(tmp_path / "out.jsonl") >= 20, 60.0)
+    return work, registry, entries
+
+
+async def test_killing_a_replicas_server_mid_run_loses_no_row(
+    nodes: list[Any], tmp_path: Path
+) -> None:
+    n = 200
+    work, registry, entries = await start_flowing(config(tmp_path, n), tmp_path)
     victim = entries[0]
     os.kill(victim["info"]["pid"], signal.SIGKILL)
 
@@ -336,14 +341,7 @@ async def test_removing_a_node_with_a_replica_mid_run_loses_no_row(
     ray_cluster: Any, nodes: list[Any], tmp_path: Path
 ) -> None:
     n = 700  # long enough for Ray to see the node gone and restart the replica elsewhere
-    cfg = config(tmp_path, n)
-    before = registry_names()
-    work = asyncio.ensure_future(
-        asyncio.wait_for(run_async(cfg, pipeline=Pipeline(cfg), progress=False), SAFETY)
-    )
-    registry = await run_registry(before)
-    entries = await replicas(registry, 2)
-    await until(lambda: written(tmp_path / "out.jsonl") >= 20, 60.0)  # rows are flowing
+    work, registry, entries = await start_flowing(config(tmp_path, n), tmp_path)
     victim = next(e for e in entries.values() if e["info"]["node_id"] == nodes[0].node_id)
     ray_cluster.remove_node(nodes[0], allow_graceful=False)
     # A spare node with the label: the lost replica's actor restarts there.

@@ -34,13 +34,14 @@ import os
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from peerflow.config import ConfigError, RunConfig, RuntimeConfig
 from peerflow.merge import shard_path
 from peerflow.pipeline import Pipeline
-from peerflow.placement import PlacementError, actor_options, check_placement, normalise_resources
+from peerflow.placement import PlacementError, actor_options, check_placement
 from peerflow.runtimes.admission import Admission
 from peerflow.sink import OutputLock, Sink
 from peerflow.stats import RunStats
@@ -240,6 +241,7 @@ class Actors:
         # Sinks write output.path on the node they run on: by default the node the command
         # was started on (the user's output directory).
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        on_driver_node = {"num_cpus": 0, "scheduling_strategy": here}
         driver_groups: dict[str, list[str]] = {}
         for p in range(P):
             team = rt.partition_resources[p] if rt.partition_resources else {}
@@ -261,17 +263,15 @@ class Actors:
                 provenance=provenance,
             )
             for s in range(S):
-                spec = _with(base, key=f"s:{p}:{s}", shard=str(shards[p * S + s]))
-                need = normalise_resources(rt.sink_resources, team)
-                where = (
-                    actor_options(need) if need else {"num_cpus": 0, "scheduling_strategy": here}
-                )
+                spec = replace(base, key=f"s:{p}:{s}", shard=str(shards[p * S + s]))
+                placed = rt.sink_resources or team
+                where = actor_options(rt.sink_resources, team) if placed else on_driver_node
                 self._start(SinkActor, spec.key, where, spec)
             for role, rc in config.roles.items():
-                opts = actor_options(normalise_resources(rc.resources, team))
+                opts = actor_options(rc.resources, team)
                 workers = rc.workers or rt.max_in_flight
                 for key in groups[role]:
-                    spec = _with(base, key=key, role=role, workers=workers)
+                    spec = replace(base, key=key, role=role, workers=workers)
                     self._start(RoleActor, key, opts, spec)
         return driver_groups
 
@@ -344,9 +344,3 @@ class Actors:
         for handle in self.handles.values():
             with contextlib.suppress(Exception):
                 ray.kill(handle, no_restart=True)
-
-
-def _with(spec: Any, **changes: Any) -> Any:
-    from dataclasses import replace
-
-    return replace(spec, **changes)

@@ -345,22 +345,26 @@ class Driver:
             self.admission.release()
             return True
         p = stable_hash(tid) % self.P
-        self.pending[tid] = (p, role, to_bytes(message))
         self._send(p, role, message)
         return True
 
     def _send(self, p: int, role: str | None, message: Message) -> None:
+        """Send a first hop, kept encoded (in `pending`) to start the task again if lost."""
         tid = message.id
         if role is None:
             dest = f"s:{p}:{(stable_hash(tid) // self.P) % self.S}"
         else:
             dest = self.courier.pick(f"{role}@{p}", tid)
-        self.courier.send(dest, Parcel(message))
+        parcel = Parcel(message)
+        parcel.data, parcel.message = to_bytes(message), None  # the driver offloads nothing
+        self.pending[tid] = (p, role, parcel.data)
+        self.courier.send(dest, parcel)
 
     def confirm(self, key: str, report: tuple[str, bool, Any, RunStats]) -> None:
         inc, full, ids, delta = report
-        if inc != self.sink_incs.get(key):
-            self.faults_seen = self.faults_seen or self.sink_incs.get(key) is not None
+        known = self.sink_incs.get(key)
+        if known is not None and inc != known:
+            self.faults_seen = True  # the sink restarted
         self.sink_incs[key] = inc
         for tid in self.ledger.report(key, full, ids, delta, self.pending):
             if self.pending.pop(tid, None) is not None:
@@ -450,7 +454,6 @@ class Driver:
                 p, role, data = self.pending[tid]
                 message = from_bytes(data)
                 message.route[EPOCH] = message.route.get(EPOCH, 0) + 1
-                self.pending[tid] = (p, role, to_bytes(message))
                 self._send(p, role, message)
             if again:
                 self.reinjected += len(again)

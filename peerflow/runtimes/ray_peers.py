@@ -139,7 +139,7 @@ class RoleActor(_Peer):
         self.riding: dict[int, tuple[tuple[str, str], Table]] = {}  # id(message) -> parcel
         self.seen: set[str] = set()
         self.seen_order: deque[str] = deque()
-        self.max_queue = 0
+        self.queue = self.max_queue = 0  # tasks in this actor: waiting, fetching, stepping
         self.workers = Workers(pipeline.workflow.advance, self._dispatch, self._stop)
         self.inbox = self.workers.inbox(self.agent, spec.workers)
         self.courier.start()
@@ -173,32 +173,31 @@ class RoleActor(_Peer):
                 fresh.append(i)
         while len(order) > SEEN_MAX:
             seen.discard(order.popleft())
-        if not tables:
-            for i in fresh:
-                self._take(sender, keys[i], from_bytes(datas[i]), {})
-        elif fresh:
-            # Hold the tasks now (the sweep asks what we hold), fetch payloads in the back.
-            parcels = [(keys[i], datas[i], tables[i]) for i in fresh]
-            for key, _, _ in parcels:
-                self.holding[key.partition("\x1f")[0]] += 1
+        # Held from now on (the sweep asks what we hold), though payloads may still come.
+        parcels = [(keys[i], from_bytes(datas[i]), tables[i] if tables else {}) for i in fresh]
+        for _, message, _ in parcels:
+            self.holding[message.id] += 1
+        self.queue += len(parcels)
+        self.max_queue = max(self.max_queue, self.queue)
+        if tables:
             task = asyncio.ensure_future(self._fetch(sender, parcels))
             task.add_done_callback(self._check)
-        queue = sum(self.holding.values())
-        self.max_queue = max(self.max_queue, queue)
+        else:
+            for key, message, _ in parcels:
+                self._enter(sender, key, message, {})
         return self.inc, self.courier.owed.pop(sender, [])
 
-    async def _fetch(self, sender: str, parcels: list[tuple[str, bytes, Table]]) -> None:
+    async def _fetch(self, sender: str, parcels: list[tuple[str, Message, Table]]) -> None:
         values, lost = await fetch([table for _, _, table in parcels])
-        for i, (key, data, table) in enumerate(parcels):
-            self._release(key.partition("\x1f")[0])
+        for i, (key, message, table) in enumerate(parcels):
             if i in lost:  # its payload died with its node: the driver's sweep restarts it
                 self.courier.owed[sender].append(key)
                 self.counters["lost"] += 1
+                self._release(message.id)
             else:
-                self._take(sender, key, restore(from_bytes(data), table, values), table)
+                self._enter(sender, key, restore(message, table, values), table)
 
-    def _take(self, sender: str, key: str, message: Message, table: Table) -> None:
-        self.holding[message.id] += 1
+    def _enter(self, sender: str, key: str, message: Message, table: Table) -> None:
         self.riding[id(message)] = ((sender, key), table)
         self.inbox.put(message)
 
@@ -219,6 +218,7 @@ class RoleActor(_Peer):
         return True
 
     def _release(self, tid: str) -> None:
+        self.queue -= 1
         n = self.holding[tid] - 1
         if n > 0:
             self.holding[tid] = n
@@ -243,7 +243,7 @@ class RoleActor(_Peer):
     async def status(self) -> dict[str, Any]:
         await self._ensure()
         counters = {f"courier_{k}": v for k, v in self.courier.counters.items()}
-        queue = sum(self.holding.values())
+        queue = self.queue
         max_queue, self.max_queue = self.max_queue, queue
         events, self.events = self.events, []
         status = self._status(
@@ -347,14 +347,15 @@ class SinkActor(_Peer):
         if tables:
             # Only records still to be written need their payloads back.
             seen = self.sink.seen
-            todo = [i for i, m in enumerate(messages) if tables[i] and not seen(m.id)]  # type: ignore[union-attr]
-            values, lost = await fetch([tables[i] for i in todo])
-            for n, i in enumerate(todo):
+            fresh = [(i, m) for i, m in enumerate(messages) if m is not None and not seen(m.id)]
+            todo = [(i, m) for i, m in fresh if tables[i]]
+            values, lost = await fetch([tables[i] for i, _ in todo])
+            for n, (i, message) in enumerate(todo):
                 if n in lost:  # its payload died with its node: the sweep restarts it
                     messages[i] = None
                     self.counters["lost"] += 1
                 else:
-                    restore(messages[i], tables[i], values)  # type: ignore[arg-type]
+                    restore(message, tables[i], values)
             if self.closed:  # closed while the payloads were fetched
                 return self.inc, []
         # Taken after the last await: a `finished` call during the fetch hands `self.stats`

@@ -75,9 +75,6 @@ class Inbox:
             self.call_help()
         return message
 
-    def __len__(self) -> int:
-        return len(self.items)
-
 
 def misroute(message: Message, role: str) -> Message:
     """The workflow named a role that does not exist: that task fails, the run goes on."""
