@@ -27,7 +27,7 @@ from peerflow.agents.llm import (
 )
 from peerflow.config import FieldSpec, RunConfig, validation_errors
 from peerflow.loading import load_object
-from peerflow.workflow import END, Workflow, build_workflow, unknown_roles
+from peerflow.workflow import END, Workflow, build_workflow, condition, unknown_roles
 
 Errors = list[tuple[tuple[str, ...], str]]
 AgentSpecs = Mapping[str, tuple[type[Agent], AgentOptions]]
@@ -118,6 +118,7 @@ def checked_workflow(config: RunConfig) -> tuple[Workflow | None, Errors]:
     except Exception as exc:  # a custom workflow's constructor, bad options, ...
         where = ("workflow", "options") if wf.kind == "custom" else ("workflow",)
         return None, [(where, f"cannot build the workflow: {type(exc).__name__}: {exc}")]
+    errors.extend(_reject_rules(config, workflow))
     if wf.kind == "custom":
         try:
             declared = workflow.roles()
@@ -142,6 +143,21 @@ def checked_workflow(config: RunConfig) -> tuple[Workflow | None, Errors]:
                 )
             )
     return workflow, errors
+
+
+def _reject_rules(config: RunConfig, workflow: Workflow) -> Errors:
+    """Load every role's `reject` conditions into the workflow; report the ones that fail."""
+    errors: Errors = []
+    for role, rc in config.roles.items():
+        rules = []
+        for i, rule in enumerate(rc.reject):
+            try:
+                rules.append((rule.reason, condition(rule.when, f"roles.{role}.reject.{i}.when")))
+            except Exception as exc:
+                errors.append((("roles", role, "reject", str(i), "when"), str(exc)))
+        if rules:
+            workflow.reject_rules[role] = rules
+    return errors
 
 
 # --- services --------------------------------------------------------------------

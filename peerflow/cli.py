@@ -19,7 +19,9 @@ def _print_summary(summary: dict[str, Any]) -> None:
     rate = summary["success_rate"]
     print(
         f"records written this run: {summary['records_written']} "
-        f"(ok {summary['by_status'].get('ok', 0)}, success rate "
+        f"(ok {summary['by_status'].get('ok', 0)}, rejected "
+        f"{summary['by_status'].get('rejected', 0)}, error {summary['by_status'].get('error', 0)}; "
+        "success rate "
         f"{'-' if rate is None else f'{rate:.1%}'}); already finished before: "
         f"{summary['finished_before_this_run']}; total in output: "
         f"{summary['total_records_in_output']}",
@@ -51,6 +53,7 @@ def _print_summary(summary: dict[str, Any]) -> None:
             f"p50 {lat['p50'] * 1000:8.1f} ms  p95 {lat['p95'] * 1000:8.1f} ms",
             file=out,
         )
+    _print_funnel(summary.get("funnel") or {}, out)
     if summary["metrics"]:
         print(
             "metrics: " + ", ".join(f"{k}={v:.4g}" for k, v in summary["metrics"].items()), file=out
@@ -58,6 +61,31 @@ def _print_summary(summary: dict[str, Any]) -> None:
     for sample in summary["error_samples"]:
         print(f"error sample: {sample}", file=out)
     print(f"output: {summary['output']}", file=out)
+
+
+def _print_funnel(funnel: dict[str, Any], out: Any) -> None:
+    """Where this run's rows ended, step by step; printed when some row was rejected."""
+    steps = funnel.get("steps") or []
+    if not any(step["rejected"] for step in steps):
+        return
+    rows = funnel["rows"]
+    print(f"funnel over {rows} rows (shares of all rows):", file=out)
+    for step in steps:
+        print(
+            f"  {step['role']:<12} reached {step['reached']:>7}  rejected {step['rejected']:>7}"
+            f"  failed {step['failed']:>5}  tokens {step['tokens']:>10}",
+            file=out,
+        )
+        for reason, seen in step["reasons"].items():
+            print(
+                f"    - {reason:<28} {seen['rows']:>7}  {seen['share']:7.2%} of rows"
+                f"  ({seen['of_reached']:.1%} of those reaching {step['role']})",
+                file=out,
+            )
+    print(
+        f"  accepted {funnel['accepted']:>7}  {funnel['accepted_share'] or 0:7.2%} of rows",
+        file=out,
+    )
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -227,6 +227,19 @@ ServiceConfig = Annotated[
 # --- roles -----------------------------------------------------------------
 
 
+class RejectRule(Strict):
+    """Reject the task after this role's step when `when` holds (the funnel counts `reason`)."""
+
+    when: str | dict[str, Any] = Field(
+        description="`module:function(message) -> bool` (the message holds the new step as "
+        "its last), or a mapping matched against the step's `data` (`{answer: 'No'}`)."
+    )
+    reason: str = Field(
+        min_length=1,
+        description="Short label recorded as the rejection reason, e.g. `filter_by_score`.",
+    )
+
+
 class RoleConfig(BaseModel):
     """A role: which agent class runs it and how many copies.
 
@@ -251,6 +264,12 @@ class RoleConfig(BaseModel):
     resources: dict[str, float] = Field(
         default_factory=dict,
         description="Ray only: resources of each actor: `cpu`, `gpu`, `memory`, custom labels.",
+    )
+    reject: list[RejectRule] = Field(
+        default_factory=list,
+        description="Rules tried in order after each step of this role; the first that holds "
+        "ends the task as `rejected` with its reason (a step can also reject itself by "
+        "returning `data.reject`).",
     )
 
     @property

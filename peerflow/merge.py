@@ -20,8 +20,12 @@ own shard (`out.shard-003.jsonl`) and keeps a manifest beside the output
 `merge_shards` turns the lot into the single file that training pipelines expect.
 
 Memory. Reading an output keeps 9 bytes per record while it reads (a 64-bit hash of the
-id and a status code in flat arrays, never the id strings) and ends with three sorted hash
-arrays: ids whose newest record is ok, a permanent failure, or a transient one.
+id and a status code in flat arrays, never the id strings) and ends with four sorted hash
+arrays: ids whose newest record is ok, rejected, a permanent failure, or a transient one.
+
+Side files. With `output.success_only`, failed records go to `<stem>.errors.jsonl` and
+rejected ones to `<stem>.rejected.jsonl` beside the output (and beside each shard); every
+reader here takes them with the output, so resume and merge see every row's record.
 
 This module does not import Ray: merging and reading must work on any machine that holds
 the files.
@@ -51,6 +55,7 @@ _SUFFIXES = (".jsonl.zst", ".jsonl")
 OK_CODE = 0  # an ok record: done
 PERMANENT_CODE = 1  # a permanent failure: done, unless the run retries every failure
 TRANSIENT_CODE = 2  # a transient failure (or one written before errors had a kind): retried
+REJECTED_CODE = 3  # rejected by the workflow: done, never re-attempted
 
 # Compacted zstd files are written as independent frames of about this much text, like
 # the sink's own flushes, so a torn tail can be cut at a frame boundary.
@@ -73,12 +78,22 @@ def errors_path(path: Path) -> Path:
     return path.with_name(f"{stem}.errors{suffix}")
 
 
+def rejected_path(path: Path) -> Path:
+    """Where rejected records go when `output.success_only` is set."""
+    stem, suffix = _split_suffix(path.name)
+    return path.with_name(f"{stem}.rejected{suffix}")
+
+
+def side_paths(path: Path) -> tuple[Path, Path]:
+    return errors_path(path), rejected_path(path)
+
+
 def with_errors(paths: Sequence[Path]) -> list[Path]:
-    """`paths` and each one's errors file, when it exists (a run may have had
-    `success_only` on, and the next one off)."""
+    """`paths` and each one's errors and rejected files, when they exist (a run may have
+    had `success_only` on, and the next one off)."""
     out: list[Path] = []
     for path in paths:
-        for p in (path, errors_path(path)):
+        for p in (path, *side_paths(path)):
             if p not in out and (p == path or p.exists()):
                 out.append(p)
     return out
@@ -190,6 +205,8 @@ _heads = msgspec.json.Decoder(_Head)
 def _code(head: _Head) -> int:
     if head.status == "ok":
         return OK_CODE
+    if head.status == "rejected":
+        return REJECTED_CODE
     # Records written before errors had a kind count as transient: one more attempt.
     if head.error is not None and head.error.kind == "permanent":
         return PERMANENT_CODE
@@ -223,11 +240,12 @@ _EMPTY = np.empty(0, dtype=np.uint64)
 class Recovered:
     """What a list of output files holds: the newest record of every id, by kind.
 
-    The three arrays are sorted, unique 64-bit id hashes (`peerflow.idset.id_hash`).
+    The arrays are sorted, unique 64-bit id hashes (`peerflow.idset.id_hash`).
     """
 
     paths: list[Path]
     ok: np.ndarray = field(default_factory=lambda: _EMPTY)
+    rejected: np.ndarray = field(default_factory=lambda: _EMPTY)
     permanent: np.ndarray = field(default_factory=lambda: _EMPTY)
     transient: np.ndarray = field(default_factory=lambda: _EMPTY)
     # Ids with a record finished at or after `since` (records of the current run).
@@ -239,10 +257,14 @@ class Recovered:
 
     @property
     def ids(self) -> int:
-        return int(self.ok.size + self.permanent.size + self.transient.size)
+        return int(self.ok.size + self.rejected.size + self.permanent.size + self.transient.size)
 
     def by_status(self) -> dict[str, int]:
-        counts = {"ok": int(self.ok.size), "error": self.ids - int(self.ok.size)}
+        counts = {
+            "ok": int(self.ok.size),
+            "rejected": int(self.rejected.size),
+            "error": int(self.permanent.size + self.transient.size),
+        }
         return {k: v for k, v in counts.items() if v}
 
 
@@ -275,7 +297,7 @@ def compact(paths: Sequence[Path], *, since: float | None = None) -> Recovered:
                 code = _code(head)
                 hashes.append(h)
                 codes.append(code)
-                failed += code != OK_CODE
+                failed += code in (PERMANENT_CODE, TRANSIENT_CODE)
                 if since is not None and head.finished >= since:
                     recent.append(h)
             cut += _truncate(path, lines.good)
@@ -312,6 +334,7 @@ def compact(paths: Sequence[Path], *, since: float | None = None) -> Recovered:
     return Recovered(
         paths=paths,
         ok=pick(OK_CODE),
+        rejected=pick(REJECTED_CODE),
         permanent=pick(PERMANENT_CODE),
         transient=pick(TRANSIENT_CODE),
         recent=np.unique(np.frombuffer(recent, dtype=np.uint64)) if len(recent) else _EMPTY,
@@ -500,10 +523,10 @@ def merge_shards(output: str | Path, *, keep_shards: bool = False) -> MergeResul
     """Merge every shard listed for `output` (and `output` itself) into `output`.
 
     First `compact` over all of them keeps the newest record of each id; then the shards
-    are appended into `output` (failed records of `success_only` runs into its errors
-    file), through a temporary file and a rename, so a crash mid-merge leaves the shards
-    untouched. The manifest then lists only `output`; shards are deleted unless
-    `keep_shards`. Takes the output's lock: a merge never runs beside a run.
+    are appended into `output` (failed and rejected records of `success_only` runs into
+    its errors and rejected files), through a temporary file and a rename, so a crash
+    mid-merge leaves the shards untouched. The manifest then lists only `output`; shards
+    are deleted unless `keep_shards`. Takes the output's lock: a merge never runs beside a run.
     """
     from peerflow.sink import OutputLock
 
@@ -511,16 +534,20 @@ def merge_shards(output: str | Path, *, keep_shards: bool = False) -> MergeResul
     with OutputLock(output):
         shards = [p for p in read_manifest(output) if p != output]
         inputs = ([output] if output.exists() else []) + [p for p in shards if p.exists()]
-        errors = [errors_path(p) for p in [output, *shards] if errors_path(p).exists()]
-        state = compact([*inputs, *errors])
+        sides = {
+            side(output): [side(p) for p in [output, *shards] if side(p).exists()]
+            for side in (errors_path, rejected_path)
+        }
+        state = compact([*inputs, *(p for found in sides.values() for p in found)])
         _concatenate(output, inputs)
-        if errors:
-            _concatenate(errors_path(output), errors)
+        for dest, found in sides.items():
+            if found:
+                _concatenate(dest, found)
         write_manifest(output, [output], replace=True)
         removed: list[Path] = []
         if not keep_shards:
             for shard in shards:
-                for path in (shard, errors_path(shard)):
+                for path in (shard, *side_paths(shard)):
                     if path.exists():
                         path.unlink()
                         removed.append(path)

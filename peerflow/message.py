@@ -21,6 +21,9 @@ SCHEMA_VERSION = 1
 RUNNING = "running"
 OK = "ok"
 ERROR = "error"
+# A task the workflow decided not to keep (a filter said no, a reply never matched its
+# schema): a final outcome like OK, never re-attempted, and not a failure.
+REJECTED = "rejected"
 
 # Error kinds: a transient failure (transport error, timeout, 408/429/5xx, a service
 # that would not start) is re-attempted by the next run of the same command; a
@@ -89,8 +92,10 @@ class Message(msgspec.Struct, omit_defaults=True):
     hops: int = 0
     # Why the task ended: "done" (the workflow finished), "until" (a loop's condition
     # held), "stop" (a step set data.stop), "max_turns", "max_steps", "max_tool_errors",
-    # or the stage that failed ("agent", "workflow", "input", ...).
+    # the stage that failed ("agent", "workflow", "input", ...), or a rejection's reason.
     reason: str | None = None
+    # A rejected task: {"role", "reason", "step" (history index), "detail" (optional)}.
+    rejection: dict[str, Any] | None = None
     v: int = SCHEMA_VERSION
 
     def last(self, *roles: str) -> Step | None:
@@ -129,6 +134,17 @@ class Message(msgspec.Struct, omit_defaults=True):
         }
         self.next_role = None
         self.reason = stage
+        return self
+
+    def reject(self, role: str, reason: str, detail: Any = None) -> Message:
+        """End the task as rejected by `role`'s latest step, for `reason` (a short label such
+        as ``filter_by_en``: the funnel counts rows per label)."""
+        self.status = REJECTED
+        self.rejection = {"role": role, "reason": reason, "step": len(self.history) - 1}
+        if detail is not None:
+            self.rejection["detail"] = detail
+        self.next_role = None
+        self.reason = reason
         return self
 
     def tokens(self) -> tuple[int, int]:

@@ -170,7 +170,7 @@ async def run_async(
                 await bar
         sink.close()
     counts = sink.counts()
-    failed_rows = sum(n for status, n in counts.items() if status != "ok")
+    failed_rows = counts.get("error", 0)
     if code is None:
         code = EXIT_FAILED_ROWS if failed_rows else EXIT_OK
     summary = stats.summary(

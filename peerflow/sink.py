@@ -6,14 +6,15 @@ Why it is safe to SIGKILL a run at any moment:
   only ever ends mid-record if the process died inside a write;
 - on open, a torn tail (a last line without newline, or a truncated frame)
   is cut off, and the newest record of every id says whether it is done: an
-  ok record or a permanent failure is (admission skips it), a transient
+  ok or rejected record or a permanent failure is (admission skips it), a transient
   failure is not (the row is attempted again, and its new record supersedes
   the old one; see `peerflow.merge` for how the old one goes away);
 - a record whose id already has one from this run is dropped, which turns
   at-least-once delivery (a retried hop on Ray) into exactly one record per id.
 
-With `success_only`, failed tasks go to `<name>.errors.jsonl[.zst]` beside the
-output instead, so every row still has exactly one record somewhere.
+With `success_only`, failed tasks go to `<name>.errors.jsonl[.zst]` and rejected ones to
+`<name>.rejected.jsonl[.zst]` beside the output instead, so every row still has exactly
+one record somewhere.
 
 One run at a time: `open` takes an exclusive lock on `<output>.lock`, and a
 second run on the same output stops with `OutputBusy` instead of interleaving.
@@ -44,6 +45,7 @@ from peerflow.merge import (
     drop_superseded,
     errors_path,
     read_manifest,
+    rejected_path,
     with_errors,
 )
 from peerflow.message import SCHEMA_VERSION, Message, Step
@@ -56,6 +58,7 @@ __all__ = [
     "Sink",
     "check_fingerprint",
     "errors_path",
+    "rejected_path",
     "to_record",
 ]
 
@@ -67,6 +70,7 @@ class OutputRecord(msgspec.Struct, omit_defaults=True):
     history: list[Step] = msgspec.field(default_factory=list)
     error: dict[str, Any] | None = None
     reason: str | None = None
+    rejection: dict[str, Any] | None = None
     trial: int = 0
     seed: int = 0
     created: float = 0.0
@@ -95,6 +99,7 @@ def to_record(
         history=message.history,
         error=message.error,
         reason=message.reason,
+        rejection=message.rejection,
         trial=message.trial,
         seed=message.seed,
         created=message.created,
@@ -116,6 +121,7 @@ def record_message(record: OutputRecord) -> Message:
         status=record.status,
         error=record.error,
         reason=record.reason,
+        rejection=record.rejection,
         trial=record.trial,
         seed=record.seed,
         created=record.created,
@@ -305,8 +311,8 @@ class Sink:
     """Writes finished tasks; knows which ids are done and which are to be re-attempted.
 
     After `open`:
-    - `done` (alias `finished`, what admission skips): ids whose newest record is ok or
-      a permanent failure (with `retry_failed`, only ok ones);
+    - `done` (alias `finished`, what admission skips): ids whose newest record is ok,
+      rejected or a permanent failure (with `retry_failed`, only ok and rejected ones);
     - `retry`: ids whose newest record is a failure to re-attempt; a record for one is
       accepted, and the old record is removed when the sink closes;
     - `written_ids`: ids written by this run, whose second record is dropped. With
@@ -343,6 +349,7 @@ class Sink:
         self.track_done = track_done
         self.main = _File(self.path)
         self.errors = _File(errors_path(self.path)) if success_only else self.main
+        self.rejected = _File(rejected_path(self.path)) if success_only else self.main
         self.done = IdSet()
         self.retry = IdSet()
         self.written_ids = IdSet()
@@ -381,9 +388,8 @@ class Sink:
             self._lock.acquire()
         try:
             self._recover(compact(self.paths, since=self.since))
-            self.main.open()
-            if self.errors is not self.main:
-                self.errors.open()
+            for file in self._files():
+                file.open()
         except BaseException:
             if self._lock is not None:
                 self._lock.release()
@@ -394,6 +400,7 @@ class Sink:
         if self.track_done:
             # The largest array first: it becomes the set's level as it is, without a copy.
             self.done.update_hashes(rec.ok, sorted_unique=True)
+            self.done.update_hashes(rec.rejected, sorted_unique=True)
         if self.retry_failed:
             self.retry.update_hashes(rec.permanent, sorted_unique=True)
         elif self.track_done:
@@ -427,7 +434,14 @@ class Sink:
         if message.finished < self.opened_at:
             message.finished = time.time()
         self.by_status[message.status] += 1
-        target = self.main if message.status == "ok" or not self.success_only else self.errors
+        status = message.status
+        target = (
+            self.errors
+            if status == "error"
+            else self.rejected
+            if status == "rejected"
+            else self.main
+        )
         target.add(_encoder.encode(to_record(message, metrics, self.provenance)) + b"\n")
         self.written += 1
         if target.size >= self.flush_bytes:
@@ -438,19 +452,21 @@ class Sink:
         """Records per status in the whole output, one per id (after `close`, on disk)."""
         return {status: n for status, n in self.by_status.items() if n > 0}
 
+    def _files(self) -> list[_File]:
+        """The files this sink writes: the output, and with `success_only` its side files."""
+        return [self.main] + ([self.errors, self.rejected] if self.success_only else [])
+
     def flush(self) -> None:
-        self.main.flush()
-        if self.errors is not self.main:
-            self.errors.flush()
+        for file in self._files():
+            file.flush()
 
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
         try:
-            self.main.close()
-            if self.errors is not self.main:
-                self.errors.close()
+            for file in self._files():
+                file.close()
             if self.compact_on_close and len(self.superseding):
                 self.superseded += drop_superseded(
                     self._failed_in, self.superseding, self.opened_at

@@ -8,12 +8,12 @@ processes (Ray actors, partitions) can be merged by adding buckets.
 from __future__ import annotations
 
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from typing import Any
 
 import numpy as np
 
-from peerflow.message import OK, Message, Step
+from peerflow.message import ERROR, OK, Message, Step
 
 _BUCKETS_PER_DOUBLING = 8
 _MIN_LATENCY = 1e-6
@@ -119,14 +119,19 @@ class Histogram:
 
 class RoleStats:
     """One role's totals. `tool_calls`/`tool_errors` count the calls a tool role ran and
-    those that failed (`is_error` results: they went back to the model, the step is ok)."""
+    those that failed (`is_error` results: they went back to the model, the step is ok).
+    `tasks` counts the tasks that reached the role, `rejected` (by reason) and `failed`
+    those that ended there: the funnel."""
 
     __slots__ = (
         "completion_tokens",
         "errors",
+        "failed",
         "latency",
         "prompt_tokens",
+        "rejected",
         "retries",
+        "tasks",
         "tool_calls",
         "tool_errors",
     )
@@ -139,6 +144,9 @@ class RoleStats:
         self.retries = 0
         self.tool_calls = 0
         self.tool_errors = 0
+        self.tasks = 0
+        self.failed = 0
+        self.rejected: Counter[str] = Counter()
 
 
 def tool_counts(step: Step) -> tuple[int, int]:
@@ -192,6 +200,7 @@ class RunStats:
             self.task_latency.add(message.finished - message.created)
         roles = self.roles
         prompt = completion = 0
+        reached: set[str] = set()
         for step in message.history:
             role = step.role
             if role == "task":  # the task's opening message, not an agent step
@@ -199,6 +208,9 @@ class RunStats:
             rs = roles.get(role)
             if rs is None:
                 rs = roles[role] = RoleStats()
+            if role not in reached:
+                reached.add(role)
+                rs.tasks += 1
             if step.latency:
                 rs.latency.pending.append(step.latency)
             if not step.ok:
@@ -223,6 +235,13 @@ class RunStats:
         self.prompt_tokens += prompt
         self.completion_tokens += completion
         self.steps += message.hops
+        ended = message.rejection or (message.error if message.status == ERROR else None)
+        if ended and ended.get("role") in roles:
+            rs = roles[ended["role"]]
+            if message.rejection:
+                rs.rejected[str(message.rejection.get("reason"))] += 1
+            else:
+                rs.failed += 1
         if metrics:
             for key, value in metrics.items():
                 if isinstance(value, bool | int | float):
@@ -252,6 +271,9 @@ class RunStats:
             d.retries += rs.retries
             d.tool_calls += rs.tool_calls
             d.tool_errors += rs.tool_errors
+            d.tasks += rs.tasks
+            d.failed += rs.failed
+            d.rejected.update(rs.rejected)
         self.task_latency.merge(src.task_latency)
         self.steps += src.steps
         self.prompt_tokens += src.prompt_tokens
@@ -271,7 +293,7 @@ class RunStats:
 
     @property
     def errors(self) -> int:
-        return self.done - self.by_status.get(OK, 0)
+        return self.by_status.get(ERROR, 0)
 
     @staticmethod
     def _role_summary(rs: RoleStats) -> dict[str, Any]:
@@ -287,6 +309,35 @@ class RunStats:
             out["tool_calls"] = rs.tool_calls
             out["tool_errors"] = rs.tool_errors
         return out
+
+    def funnel(self) -> dict[str, Any]:
+        """Where rows ended: per role (in funnel order) the rows that reached it, those it
+        rejected by reason and those that failed there, with the tokens it spent; shares
+        are of all rows finished in this run."""
+        rows = self.done
+        share = (lambda n: round(n / rows, 4)) if rows else (lambda n: None)
+        steps = []
+        # The order roles were first seen in, then by rows reached: a funnel narrows.
+        order = sorted(self.roles.items(), key=lambda item: -item[1].tasks)
+        for role, rs in order:
+            rejected = sum(rs.rejected.values())
+            steps.append(
+                {
+                    "role": role,
+                    "reached": rs.tasks,
+                    "rejected": rejected,
+                    "failed": rs.failed,
+                    "passed": rs.tasks - rejected - rs.failed,
+                    "reasons": {
+                        reason: {"rows": n, "share": share(n), "of_reached": round(n / rs.tasks, 4)}
+                        for reason, n in rs.rejected.most_common()
+                    },
+                    "tokens": rs.prompt_tokens + rs.completion_tokens,
+                    "completion_tokens": rs.completion_tokens,
+                }
+            )
+        ok = self.by_status.get(OK, 0)
+        return {"rows": rows, "steps": steps, "accepted": ok, "accepted_share": share(ok)}
 
     def summary(self, **extra: Any) -> dict[str, Any]:
         wall = max(time.time() - self.started, 1e-9)
@@ -313,6 +364,7 @@ class RunStats:
             "metrics": {
                 k: self.metric_sums[k] / self.metric_counts[k] for k in sorted(self.metric_sums)
             },
+            "funnel": self.funnel(),
             "error_samples": self.error_samples,
             **self.extra,
         }

@@ -10,6 +10,11 @@ Writing a new workflow means subclassing `Workflow` and implementing
 `first`, `after` and `roles` (every role it may route to: `peerflow check`
 refuses a custom workflow that declares none); name the class in YAML as `workflow: {kind: custom,
 path: "pkg.module:MyWorkflow", options: {...}}`.
+
+Rejection ends a task before the workflow is asked: a step whose `data` has `reject`
+(a reason, or `{"reason": ..., ...detail}`), or a role's `reject` rule that holds after
+its step (`roles.<name>.reject: [{when: ..., reason: ...}]`, kept in `reject_rules`).
+A rejected task is final, like a finished one; only a failed one is ever re-attempted.
 """
 
 from __future__ import annotations
@@ -41,6 +46,8 @@ class Workflow:
         self.tool_role = tool_role
         self.max_steps = max_steps
         self.max_tool_errors = max_tool_errors
+        # role -> [(reason, condition)], tried in order after each of the role's steps.
+        self.reject_rules: dict[str, list[tuple[str, Condition]]] = {}
 
     # --- to implement ---------------------------------------------------
     def first(self, message: Message) -> str | None:
@@ -82,6 +89,15 @@ class Workflow:
             return None
         if last.tool_results and self._tool_errors(message, last):
             return None
+        if (last.data and "reject" in last.data) or last.role in self.reject_rules:
+            try:
+                if self._rejected(message, last):
+                    return None
+            except Exception as exc:  # a user condition raised: the task fails, the run goes on
+                message.fail(
+                    "workflow", f"reject rule: {type(exc).__name__}: {exc}", role=last.role
+                )
+                return None
         tool_role = self.tool_role
         if tool_role is not None and last.tool_calls and last.role != tool_role:
             message.route.setdefault("return", []).append(last.role)
@@ -107,6 +123,22 @@ class Workflow:
             if message.reason is None:
                 message.reason = "done"
         return nxt
+
+    def _rejected(self, message: Message, step: Step) -> bool:
+        """Reject the task if the step says so (`data.reject`) or a rule of its role holds."""
+        said = step.data.get("reject") if step.data else None
+        if said is not None and said is not False:
+            if isinstance(said, dict):
+                detail = {k: v for k, v in said.items() if k != "reason"} or None
+                message.reject(step.role, str(said.get("reason") or step.role), detail)
+            else:
+                message.reject(step.role, step.role if said is True else str(said))
+            return True
+        for reason, condition in self.reject_rules.get(step.role, ()):
+            if condition(message):
+                message.reject(step.role, reason)
+                return True
+        return False
 
     def _tool_errors(self, message: Message, step: Step) -> bool:
         """Count a tool step's failed calls; True (the task failed) at the cap."""
@@ -244,12 +276,11 @@ def data_matches(expected: dict[str, Any]) -> Condition:
     return condition
 
 
-def _condition(spec: str | dict[str, Any] | None) -> Condition | None:
-    if spec is None:
-        return None
+def condition(spec: str | dict[str, Any], what: str = "condition") -> Condition:
+    """A condition from config: a data mapping to match, or a `module:function` to load."""
     if isinstance(spec, dict):
         return data_matches(spec)
-    return load_object(spec, what="condition")
+    return load_object(spec, what=what)
 
 
 def build_workflow(config: Any) -> Workflow:
@@ -277,7 +308,7 @@ def build_workflow(config: Any) -> Workflow:
             if isinstance(spec, str):
                 edges[node] = [(spec, None)]
             else:
-                edges[node] = [(e.to, _condition(e.when)) for e in spec]
+                edges[node] = [(e.to, None if e.when is None else condition(e.when)) for e in spec]
         return Graph(config.start, edges, **common)
     if kind == "custom":
         cls = load_object(config.path, what="workflow.path")

@@ -69,7 +69,7 @@ class Ledger:
         others = [
             p
             for p in dict.fromkeys([*listed, out])
-            if p not in shards and (p.exists() or merge.errors_path(p).exists())
+            if p not in shards and any(f.exists() for f in (p, *merge.side_paths(p)))
         ]
         if others:
             recs.append(await asyncio.to_thread(merge.compact, merge.with_errors(others)))
@@ -93,6 +93,7 @@ class Ledger:
             permanent = retry if self.retry_failed else done
             for hashes, into in (
                 (rec.ok, done),
+                (rec.rejected, done),
                 (rec.permanent, permanent),
                 (rec.transient, retry),
             ):
