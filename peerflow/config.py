@@ -124,6 +124,18 @@ class _ClientOptions(Strict):
         description="Fields added to every request body of this service (a role's own "
         "`sampling` and `extra_body` win).",
     )
+    structured_output: (
+        Literal["response_format", "json_object", "vllm", "guided_json", "llama_cpp", "prompt"]
+        | None
+    ) = Field(
+        default=None,
+        description="How a role's `structured` schema is asked of this server: "
+        "`response_format` (OpenAI json_schema: OpenAI, vLLM, SGLang, llama-server), "
+        "`json_object` (llama-cpp-python's server), `vllm` (`structured_outputs`, vLLM >= "
+        "0.12), `guided_json` (older vLLM), `llama_cpp` (llama-server's `json_schema`), or "
+        "`prompt` (schema in the prompt only). Default: `json_object` for `local_model`, "
+        "else `response_format`. Replies are validated either way.",
+    )
 
 
 class OpenAIServiceConfig(_ClientOptions):
@@ -522,7 +534,7 @@ class RunConfig(Strict):
 # Role keys that place or size a role's workers; they do not change what a step produces.
 _ROLE_RUNTIME_KEYS = ("workers", "num_instances", "resources")
 # Service options that shape replies (besides kind and model); the rest are transport knobs.
-_SERVICE_DATA_KEYS = ("extra_body", "n_ctx")
+_SERVICE_DATA_KEYS = ("extra_body", "n_ctx", "structured_output")
 # Simulator options that shape its replies; the rest (time_scale, fault rates, ...) shape
 # only timing and failures, which records already carry.
 _SIM_DATA_KEYS = (

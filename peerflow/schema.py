@@ -43,6 +43,10 @@ DESCRIPTIONS: dict[tuple[str, str], str] = {
     "the request body unchecked.",
     ("LLMOptions", "tools"): "Tools offered to the model: a tool role's name (all its tools), "
     "or a list of tool role names, tool names and OpenAI tool schemas.",
+    ("LLMOptions", "structured"): "The reply's shape (a pydantic model or a JSON Schema): "
+    "asked of the server as its service's `structured_output` says, checked, re-asked with the "
+    "validation error, and the row rejected when it stays invalid; the parsed object becomes "
+    "the step's `data`.",
     ("LLMOptions", "parse"): "`module:function(message, text) -> dict | None`: turns the reply "
     "into the step's `data`.",
     # Multi-party view and tools (from the docstrings of ViewOptions and ToolsOptions; a
@@ -293,6 +297,7 @@ ANCHORS = {
     "TaskConfig": "task",
     "RoleConfig": "roles",
     "Edge": "graph-edge",
+    "RejectRule": "reject-rule",
     "RuntimeConfig": "runtime",
     "OutputConfig": "output",
 }
@@ -440,6 +445,7 @@ def reference_markdown() -> str:
         "with `agent: module:Class` takes the keys of that class's `Options` model.\n"
     )
     out.append(table(cfg.RoleConfig) + "\n")
+    section("roles.&lt;name&gt;.reject[]", "reject-rule", cfg.RejectRule, level=3)
     done = set(_all_config_models())
     for name, options in agent_options().items():
         section(f"agent: {name}", f"agent-{name}", options, level=3)

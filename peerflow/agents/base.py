@@ -46,6 +46,9 @@ class Agent:
     Options: ClassVar[type[AgentOptions]] = AgentOptions
     # Hash of the prompt templates, recorded on every LLM step (set by LLM agents).
     template: str | None = None
+    # Request keys left out of a step's recorded `sampling` (a structured role adds its
+    # schema's fields: the config's fingerprint covers them, records need not repeat them).
+    not_sampling: frozenset[str] = _NOT_SAMPLING
 
     def __init__(self, role: str, options: AgentOptions, services: Mapping[str, Service]):
         self.role = role
@@ -120,7 +123,7 @@ class Agent:
         Called for every step whose request was a chat (it has `messages`), failed or not,
         so a record can always be traced to the prompts and parameters that made it.
         """
-        sampling = {k: v for k, v in request.items() if k not in _NOT_SAMPLING}
+        sampling = {k: v for k, v in request.items() if k not in self.not_sampling}
         extra = getattr(getattr(self, "service", None), "extra_body", None)
         if extra:
             # The service's defaults were sent too, under the request's own values.

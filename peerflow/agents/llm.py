@@ -26,6 +26,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic_core import PydanticCustomError
 
 from peerflow.agents.base import Agent, AgentOptions, ParseError, to_step
+from peerflow.agents.structured import (
+    OutputSchema,
+    StructuredOptions,
+    StructuredReply,
+    merge_usage,
+    reask,
+)
 from peerflow.loading import load_object
 from peerflow.message import Message, Step
 from peerflow.services.base import ChatResult, Service
@@ -104,6 +111,9 @@ class LLMOptions(AgentOptions):
     # `peerflow.agents.tools.resolve_offered_tools`).
     tools: str | list[str | dict[str, Any]] | None = None
     parse: str | None = None  # "module:function(message, text) -> dict | None" -> step.data
+    # The reply's shape (a pydantic model or a JSON Schema), asked of the server and checked;
+    # the parsed object becomes the step's data (see `peerflow.agents.structured`).
+    structured: StructuredOptions | None = None
 
     @model_validator(mode="after")
     def _one_include_list(self) -> LLMOptions:
@@ -186,7 +196,16 @@ class LLMAgent(Agent):
         self.service = services[options.service]
         self.system = compile_template(options.system, f"roles.{role}.system")
         self.prompt = compile_template(options.prompt, f"roles.{role}.prompt")
-        self.template = template_hash(options.system, options.prompt)
+        self.output_schema = (
+            OutputSchema(options.structured, role) if options.structured is not None else None
+        )
+        self.structured_mode = getattr(self.service, "structured_output", "response_format")
+        schema_text = None
+        if self.output_schema is not None:
+            schema_text = json.dumps(self.output_schema.schema, sort_keys=True)
+            asked = self.output_schema.request(self.structured_mode)
+            self.not_sampling = self.not_sampling | frozenset(asked)
+        self.template = template_hash(options.system, options.prompt, schema_text)
         view = options.view
         include = options.conversation if options.conversation is not None else view.include
         self.dialogue = set(include or ())
@@ -327,10 +346,49 @@ class LLMAgent(Agent):
         if self.options.tools:
             request["tools"] = _listed(self.options.tools)
         request.setdefault("seed", message.seed)
+        schema = self.output_schema
+        if schema is not None:
+            request.update(schema.request(self.structured_mode))
+            if self.structured_mode == "prompt":
+                request["messages"].append({"role": "user", "content": schema.instruction()})
         return request
 
     async def process(self, message: Message, request: dict[str, Any]) -> ChatResult:
-        return await self.service.call(request, key=message.id)
+        result = await self.service.call(request, key=message.id)
+        if self.output_schema is None:
+            return result
+        return await self.checked(message, request, result)
+
+    async def checked(
+        self, message: Message, request: dict[str, Any], result: ChatResult
+    ) -> StructuredReply:
+        """Check the reply against the schema; re-ask with the error, `retries` times at most."""
+        schema = self.output_schema
+        assert schema is not None
+        usage = result.usage
+        invalid: list[dict[str, Any]] = []
+        while True:
+            data, error = schema.check(result.content)
+            if error is None or len(invalid) >= schema.retries:
+                break
+            invalid.append({"content": result.content, "error": error})
+            chat = [
+                *request["messages"],
+                {"role": "assistant", "content": result.content or ""},
+                {"role": "user", "content": reask(error, schema)},
+            ]
+            request = {**request, "messages": chat}
+            result = await self.service.call(request, key=message.id)
+            usage = merge_usage(usage, result.usage)
+        if error is not None:
+            invalid.append({"content": result.content, "error": error})
+        fields = {f: getattr(result, f) for f in result.__struct_fields__}
+        return StructuredReply(
+            **{**fields, "usage": usage},
+            data=data,
+            error=error,
+            invalid=invalid or None,
+        )
 
     async def postprocess(self, message: Message, result: ChatResult) -> Step:
         """The reply as a step, with `parse`'s data; a parse failure fails the step.
@@ -339,6 +397,16 @@ class LLMAgent(Agent):
         permanent, and the text is what one needs to see why.
         """
         step = to_step(self.role, result)
+        if isinstance(result, StructuredReply):
+            if result.data is None:  # every attempt was invalid: the row is rejected
+                assert self.output_schema is not None
+                reason = self.output_schema.reject_reason
+                step.data = {"reject": {"reason": reason, "error": result.error}}
+                step.data["invalid_replies"] = result.invalid
+                return step
+            step.data = dict(result.data)
+            if result.invalid:
+                step.data["invalid_replies"] = result.invalid
         try:
             parsed = self.parse(message, result.content or "")
         except Exception as exc:

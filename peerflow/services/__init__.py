@@ -67,7 +67,16 @@ def client_options(cfg: Any) -> dict[str, Any]:
         "sticky": cfg.sticky,
         "max_connections": cfg.max_connections,
         "extra_body": dict(cfg.extra_body),
+        "structured_output": structured_output(cfg),
     }
+
+
+def structured_output(cfg: Any) -> str:
+    """How this service is asked for a schema: its own setting, else its kind's default
+    (llama-cpp-python's server, behind `local_model`, reads a json_object schema)."""
+    if cfg.structured_output is not None:
+        return str(cfg.structured_output)
+    return "json_object" if cfg.kind == "local_model" else "response_format"
 
 
 def build_service(name: str, cfg: Any, *, host: str = "127.0.0.1") -> Service:

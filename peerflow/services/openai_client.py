@@ -160,6 +160,7 @@ class OpenAIService:
         sticky: bool = False,
         max_connections: int = 1024,
         extra_body: dict[str, Any] | None = None,
+        structured_output: str = "response_format",
     ):
         if max_retries < 0:
             raise ValueError("max_retries must be >= 0")
@@ -176,6 +177,8 @@ class OpenAIService:
         self.sticky = sticky
         self.max_connections = max_connections
         self.extra_body = dict(extra_body) if extra_body else {}
+        # How a structured role's schema is asked of this server (`peerflow.agents.structured`).
+        self.structured_output = structured_output
         self._session: aiohttp.ClientSession | None = None
         self._headers: dict[str, str] = {"Content-Type": "application/json"}
         self._secret: str | None = None
