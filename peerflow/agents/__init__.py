@@ -1,10 +1,11 @@
-"""Agents: the per-role steps. Built-ins are named `llm`, `function` and `tools` in
-YAML; anything else is a `module:Class` naming an `Agent` subclass."""
+"""Agents: the per-role steps. Built-ins are named `llm`, `function`, `tools` and
+`language` in YAML; anything else is a `module:Class` naming an `Agent` subclass."""
 
 from __future__ import annotations
 
 from peerflow.agents.base import Agent, AgentOptions, to_step
 from peerflow.agents.function import FunctionAgent
+from peerflow.agents.language import LanguageAgent
 from peerflow.agents.llm import LLMAgent
 from peerflow.agents.tools import ToolsAgent
 from peerflow.loading import load_object
@@ -13,6 +14,7 @@ BUILTIN_AGENTS: dict[str, type[Agent]] = {
     "llm": LLMAgent,
     "function": FunctionAgent,
     "tools": ToolsAgent,
+    "language": LanguageAgent,
 }
 
 __all__ = [
@@ -21,6 +23,7 @@ __all__ = [
     "AgentOptions",
     "FunctionAgent",
     "LLMAgent",
+    "LanguageAgent",
     "ToolsAgent",
     "agent_class",
     "to_step",
