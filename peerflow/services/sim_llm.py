@@ -13,7 +13,11 @@ FIFO. A step costs ``step_base_ms + step_per_seq_ms * batch`` plus a prefill cha
 prompts admitted just before it, and gives every running sequence one token. Because nothing
 changes between arrivals and completions, the engine jumps straight to the next completion
 (sleeping for the sum of those steps) and only wakes early when an arrival could be admitted,
-so its CPU cost is per request, not per token.
+so its CPU cost is per request, not per token. For benchmarks it also integrates, per event,
+``busy_seconds`` (time with at least one sequence running) and ``seq_seconds`` (the running
+count over time), served by ``GET /stats`` with ``measured_at``: two polls give a replica's
+idle fraction ``1 - d(busy_seconds) / d(measured_at)`` and mean occupancy
+``d(seq_seconds) / d(measured_at)`` over that window.
 
 Scripts make workflows terminate as they would with a model: ``coral`` plays the teacher and
 student debate (converging on one letter after ``agree_after`` turns) and the answer extractor;
@@ -22,7 +26,7 @@ workflow.
 
 Rules file. A list of rules (or a mapping ``{rules: [...], default: <reply>}``); the first rule
 whose every selector matches gives the reply, else ``default``, else filler text (or, when the
-request asks for ``response_format`` JSON, a JSON value of its schema)::
+request asks for a JSON schema, a JSON value of it)::
 
     - when:
         role: judge              # the caller's name: regex, full match; a list = any of them
@@ -43,7 +47,7 @@ request asks for ``response_format`` JSON, a JSON value of its schema)::
     - when: {role: scorer}
       reply: {json: {score: 3, reason: "fine"}}   # content is this value as JSON text
     - when: {system: "(?i)structured"}
-      reply: {json: schema}      # generated from the request's response_format json_schema
+      reply: {json: schema}      # a value of the schema the request asks for
 
 The older form ``- {match: <regex on the last user message>, reply: <text>}`` still works.
 A rule whose reply calls tools only matches when the request offers those tools (a model
@@ -57,13 +61,25 @@ Tokens. Prompts and scripted replies are both counted as one token per 4 charact
 up); the reply's count sets its decode time and its ``usage``. Scripted text longer than
 ``max_tokens`` is cut there (``finish_reason: length``); tool calls give ``tool_calls``.
 
+Structured outputs. A request asks for a JSON schema in any of the ways servers take one:
+``response_format`` ``{"type": "json_schema", "json_schema": {"name", "schema"}}`` (OpenAI,
+vLLM, SGLang, llama.cpp), ``{"type": "json_object", "schema": ...}`` (llama-cpp-python; no
+``schema``: any object), ``structured_outputs: {"json": ...}`` (vLLM >= 0.12), ``guided_json``
+(older vLLM) or a top-level ``json_schema`` (llama-server). The reply is then a value of the
+schema (`json_instance`) whose free strings are filler sized so that its JSON text counts the
+sampled length; longer than ``max_tokens`` it is cut (``finish_reason: length``), invalid JSON
+as from a real server. ``--invalid-json-rate`` makes that share of structured replies fail
+the schema (not JSON, a required property missing, or a wrong type), decided per request.
+
 Strict validation (``--strict``, on by default): requests a strict OpenAI server rejects get
 HTTP 400 with an OpenAI-style ``{"error": {"message", "type": "invalid_request_error",
 "param"}}`` body: unknown message roles, missing content (assistant content may be absent only
 with ``tool_calls``), malformed ``tool_calls`` (arguments must be a JSON string), a ``tool``
 message that answers no call of the assistant message just before it, a call left unanswered
-before the next other message, and a malformed ``tools`` list (``type: function``, a
-``function.name``, ``parameters`` an object schema). ``--strict false`` turns this off.
+before the next other message, a malformed ``tools`` list (``type: function``, a
+``function.name``, ``parameters`` an object schema), and a malformed structured-output field
+(``guided_json`` not a schema object, ``structured_outputs`` without an object ``json``...).
+``--strict false`` turns this off.
 
 Run it with ``python -m peerflow.services.sim_llm --port 8000 --script coral`` or in-process
 via `SimLLMServer`.
@@ -169,6 +185,7 @@ class SimOptions:
     rate_limit_rate: float = 0.0
     retry_after: float = 1.0
     garbage_rate: float = 0.0
+    invalid_json_rate: float = 0.0
     strict: bool = True
 
     def __post_init__(self) -> None:
@@ -190,6 +207,9 @@ class SimOptions:
         rates = (self.error_rate, self.rate_limit_rate, self.garbage_rate)
         if min(rates) < 0 or sum(rates) > 1:
             raise ValueError("fault rates must be >= 0 and sum to at most 1")
+        # Not a transport fault (the reply is a normal 200), so it does not share their budget.
+        if not 0 <= self.invalid_json_rate <= 1:
+            raise ValueError("invalid_json_rate must be between 0 and 1")
 
 
 class SimServiceOptions(BaseModel):
@@ -219,6 +239,7 @@ class SimServiceOptions(BaseModel):
     rate_limit_rate: float = Field(default=0.0, ge=0, le=1)
     retry_after: float = Field(default=1.0, ge=0)
     garbage_rate: float = Field(default=0.0, ge=0, le=1)
+    invalid_json_rate: float = Field(default=0.0, ge=0, le=1)
     strict: bool = True
 
     @model_validator(mode="after")
@@ -384,31 +405,18 @@ def _check_tool_calls(calls: Any, where: str) -> list[str]:
     return ids
 
 
-def validate_request(body: dict[str, Any]) -> None:
-    """Raise `RequestError` for what a strict OpenAI-compatible server rejects.
+def _schema_value(value: Any) -> dict[str, Any] | None:
+    """A schema given as an object or (as vLLM also accepts) as JSON text of one; else None."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return None
+    return value if isinstance(value, dict) else None
 
-    Checked: message roles; content where it is required; every assistant `tool_calls`
-    entry (id, type, function name, arguments as a string); that each `tool` message
-    answers a call of the assistant message just before it (tool messages in between),
-    and that every call is answered before the next other message (or the end); the
-    `tools` schema; `tool_choice`; and `response_format`.
-    """
-    names = _check_tools(body["tools"]) if body.get("tools") is not None else set()
-    choice = body.get("tool_choice")
-    if choice is not None:
-        if isinstance(choice, str):
-            if choice not in ("none", "auto", "required"):
-                raise RequestError(f"tool_choice {choice!r} is not none, auto or required")
-            if choice == "required" and not names:
-                raise RequestError("tool_choice 'required' needs 'tools'", "tool_choice")
-        else:
-            fn = choice.get("function") if isinstance(choice, dict) else None
-            name = fn.get("name") if isinstance(fn, dict) else None
-            if name not in names:
-                raise RequestError(
-                    f"tool_choice names function {name!r}, which is not in 'tools'",
-                    "tool_choice",
-                )
+
+def _check_structured(body: dict[str, Any]) -> None:
+    """The five ways a request asks for a JSON schema (see `_Chat.schema`), each well-formed."""
     fmt = body.get("response_format")
     if fmt is not None:
         kind = fmt.get("type") if isinstance(fmt, dict) else None
@@ -428,6 +436,62 @@ def validate_request(body: dict[str, Any]) -> None:
                     "response_format.json_schema needs a string 'name' and an object 'schema'",
                     "response_format.json_schema",
                 )
+        if kind == "json_object" and not isinstance(fmt.get("schema", {}), dict):
+            raise RequestError(
+                "response_format.schema must be an object (a JSON schema) when given",
+                "response_format.schema",
+            )
+    guided = body.get("guided_json")
+    if guided is not None and _schema_value(guided) is None:
+        raise RequestError(
+            f"'guided_json' must be a JSON schema object (or its JSON text), "
+            f"not {type(guided).__name__}",
+            "guided_json",
+        )
+    outputs = body.get("structured_outputs")
+    if outputs is not None and not (
+        isinstance(outputs, dict) and _schema_value(outputs.get("json")) is not None
+    ):
+        raise RequestError(
+            "'structured_outputs' must be an object with 'json': a JSON schema object "
+            "(the simulator supports no other structured output kind)",
+            "structured_outputs",
+        )
+    schema = body.get("json_schema")
+    if schema is not None and not isinstance(schema, dict):
+        raise RequestError(
+            f"'json_schema' must be a JSON schema object, not {type(schema).__name__}",
+            "json_schema",
+        )
+
+
+def validate_request(body: dict[str, Any]) -> None:
+    """Raise `RequestError` for what a strict OpenAI-compatible server rejects.
+
+    Checked: message roles; content where it is required; every assistant `tool_calls`
+    entry (id, type, function name, arguments as a string); that each `tool` message
+    answers a call of the assistant message just before it (tool messages in between),
+    and that every call is answered before the next other message (or the end); the
+    `tools` schema; `tool_choice`; `response_format` and the other structured-output
+    fields (`guided_json`, `structured_outputs`, `json_schema`).
+    """
+    names = _check_tools(body["tools"]) if body.get("tools") is not None else set()
+    choice = body.get("tool_choice")
+    if choice is not None:
+        if isinstance(choice, str):
+            if choice not in ("none", "auto", "required"):
+                raise RequestError(f"tool_choice {choice!r} is not none, auto or required")
+            if choice == "required" and not names:
+                raise RequestError("tool_choice 'required' needs 'tools'", "tool_choice")
+        else:
+            fn = choice.get("function") if isinstance(choice, dict) else None
+            name = fn.get("name") if isinstance(fn, dict) else None
+            if name not in names:
+                raise RequestError(
+                    f"tool_choice names function {name!r}, which is not in 'tools'",
+                    "tool_choice",
+                )
+    _check_structured(body)
     pending: list[str] = []  # calls of the open assistant message not yet answered
     opened = -1
     for i, m in enumerate(body["messages"]):
@@ -487,6 +551,8 @@ class _Chat:
         "prompt_tokens",
         "raw",
         "rng",
+        "sampled",
+        "structured",
         "tools",
     )
 
@@ -543,6 +609,8 @@ class _Chat:
         self.prompt_tokens = math.ceil(chars / 4) + 4 * len(messages)
         self.key = _digest(options.seed, seed, *(x for m in messages for x in m))
         self.rng = random.Random(self.key)
+        self.structured = self._structured(body)
+        self.sampled = 0  # the sampled reply length before max_tokens; the server sets it
 
     def first(self, role: str) -> str | None:
         return next((text for r, text in self.messages if r == role), None)
@@ -576,17 +644,37 @@ class _Chat:
         return found.group(1) if found else ""
 
     def schema(self) -> dict[str, Any] | None:
-        """The JSON schema `response_format` asks for; {} for json_object; None for text."""
-        fmt = self.body.get("response_format")
-        if not isinstance(fmt, dict):
-            return None
-        if fmt.get("type") == "json_object":
-            return {"type": "object"}
-        if fmt.get("type") == "json_schema":
-            spec = fmt.get("json_schema")
-            schema = spec.get("schema") if isinstance(spec, dict) else None
-            return schema if isinstance(schema, dict) else {"type": "object"}
-        return None
+        """The JSON schema the request asks the reply to follow; None for free text."""
+        return self.structured
+
+    @staticmethod
+    def _structured(body: dict[str, Any]) -> dict[str, Any] | None:
+        """The schema from the first structured-output field the request gives.
+
+        ``response_format`` json_schema (OpenAI, vLLM, SGLang, llama.cpp) or json_object
+        (any object, or its ``schema`` as llama-cpp-python's server takes it), vLLM's
+        ``structured_outputs.json`` (>= 0.12) and ``guided_json`` (older), llama-server's
+        top-level ``json_schema``. Malformed fields are ignored here (strict mode rejects them).
+        """
+        fmt = body.get("response_format")
+        if isinstance(fmt, dict):
+            if fmt.get("type") == "json_object":
+                schema = fmt.get("schema")
+                return schema if isinstance(schema, dict) else {"type": "object"}
+            if fmt.get("type") == "json_schema":
+                spec = fmt.get("json_schema")
+                schema = spec.get("schema") if isinstance(spec, dict) else None
+                return schema if isinstance(schema, dict) else {"type": "object"}
+        outputs = body.get("structured_outputs")
+        if isinstance(outputs, dict) and outputs.get("json") is not None:
+            schema = _schema_value(outputs["json"])
+            if schema is not None:
+                return schema
+        guided = _schema_value(body.get("guided_json"))
+        if guided is not None:
+            return guided
+        schema = body.get("json_schema")  # llama-server takes an object only
+        return schema if isinstance(schema, dict) else None
 
 
 @dataclasses.dataclass
@@ -625,10 +713,23 @@ def _settle(out: tuple[str, int] | Reply, max_tokens: int) -> tuple[Reply, int, 
     return out, tokens, "stop"
 
 
+def _structured_reply(chat: _Chat, schema: dict[str, Any], target: int) -> Reply:
+    """JSON of the schema, as long as the sampled generation.
+
+    A generation longer than `max_tokens` is made whole and then cut by `_settle`, as a
+    real server stops mid-value: invalid JSON with ``finish_reason: length``.
+    """
+    size = target
+    if target == chat.max_tokens and chat.sampled > target:
+        size = min(chat.sampled, 2 * chat.max_tokens)  # enough to be cut somewhere inside
+    value = json_instance(schema, chat.rng, tokens=size)
+    return Reply(json.dumps(value, ensure_ascii=False))
+
+
 def _lorem(chat: _Chat, target: int, truncated: bool) -> tuple[str, int] | Reply:
     schema = chat.schema()
     if schema is not None:  # a structured-output request gets JSON, as from a real server
-        return Reply(json.dumps(json_instance(schema, chat.rng), ensure_ascii=False))
+        return _structured_reply(chat, schema, target)
     return filler(chat.rng, target), target
 
 
@@ -683,23 +784,113 @@ def _coral(agree_after: int, seed: int) -> Script:
 # ------------------------------------------------------------------------- JSON
 
 
-def json_instance(schema: Any, rng: random.Random, root: Any = None, depth: int = 0) -> Any:
+_FIXED_STRING_KEYS = ("enum", "const", "format", "pattern", "maxLength")
+_MIN_FREE_CHARS = 5  # a free string field holds at least a word
+
+
+class _Free:
+    """A string the schema leaves free (no enum, const, format, pattern, maxLength).
+
+    Its text can grow: that is where a structured reply's length goes, as a model's long
+    answer goes into its free-text fields.
+    """
+
+    __slots__ = ("low", "text")
+
+    def __init__(self, text: str, low: int):
+        self.text = text
+        self.low = low
+
+
+def json_instance(
+    schema: Any,
+    rng: random.Random,
+    root: Any = None,
+    depth: int = 0,
+    *,
+    tokens: int | None = None,
+) -> Any:
     """A deterministic value that satisfies common JSON schemas (structured-output replies).
 
     Handles $ref (local), const, enum, anyOf/oneOf (first non-null), allOf (merged),
-    objects (every property), arrays (minItems, at least one item), strings (formats,
-    lengths), integers and numbers (bounds), booleans and null.
+    objects (every property), arrays (prefixItems, minItems, at least one item), strings
+    (formats, lengths), integers and numbers (bounds), booleans and null. Not `pattern`.
+
+    With `tokens`, the free strings (see `_Free`) get filler text sized so that the value's
+    JSON text, ``json.dumps(value, ensure_ascii=False)``, counts `tokens` tokens: a reply as
+    long as a real generation of that length. When the schema's fixed part alone is longer
+    (or it has no free string), the value is as short as the schema allows. An object schema
+    without properties (json_object mode) then gets one free string, ``answer``.
     """
+    free: list[_Free] = []
     root = schema if root is None else root
-    if not isinstance(schema, dict) or depth > 12:
-        return None
-    ref = schema.get("$ref")
-    if isinstance(ref, str) and ref.startswith("#"):
+    top = _deref(schema, root)
+    if (
+        tokens is not None
+        and isinstance(top, dict)
+        and top.get("type") == "object"
+        and not top.get("properties")
+        and top.get("additionalProperties", True) is not False
+    ):
+        # Any object (json_object mode): a model still writes something of the usual length.
+        schema = {**top, "properties": {"answer": {"type": "string"}}}
+    value = _instance(schema, rng, root, depth, free)
+    if not free:
+        return value
+    if tokens is not None:
+        _size(value, free, rng, tokens)
+    return _plain(value)
+
+
+def _size(value: Any, free: list[_Free], rng: random.Random, tokens: int) -> None:
+    """Give the free strings lengths that make the whole JSON text `4 * tokens` characters."""
+    fixed = len(json.dumps(value, ensure_ascii=False, default=lambda _: ""))
+    budget = 4 * tokens - fixed
+    share, extra = divmod(max(0, budget), len(free))
+    for i, slot in enumerate(free):
+        slot.text = _text(rng, max(slot.low, _MIN_FREE_CHARS, share + (i < extra)))
+
+
+def _text(rng: random.Random, chars: int) -> str:
+    """Exactly `chars` characters of filler sentences (ASCII: JSON needs no escapes)."""
+    text = ""
+    while len(text) < chars:
+        more = filler(rng, (chars - len(text)) // 4 + 8)
+        text = f"{text} {more}" if text else more
+    text = text[:chars]
+    return text[:-1] + "." if text.endswith(" ") else text
+
+
+def _plain(value: Any) -> Any:
+    """The value with every `_Free` replaced by its text."""
+    if isinstance(value, _Free):
+        return value.text
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _deref(schema: Any, root: Any) -> Any:
+    """Follow local `$ref`s (``#/$defs/Name``) to the schema they point at."""
+    for _ in range(32):  # a ref cycle without content must not loop forever
+        ref = schema.get("$ref") if isinstance(schema, dict) else None
+        if not (isinstance(ref, str) and ref.startswith("#")):
+            return schema
         target: Any = root
         for part in ref[1:].split("/"):
-            if part:
+            if part and isinstance(target, dict):
                 target = target.get(part.replace("~1", "/").replace("~0", "~"), {})
-        return json_instance(target, rng, root, depth + 1)
+        schema = target
+    return {}
+
+
+def _instance(schema: Any, rng: random.Random, root: Any, depth: int, free: list[_Free]) -> Any:
+    schema = _deref(schema, root)
+    if not isinstance(schema, dict) or depth > 16:
+        return None
+    deep = depth > 6  # deep down (a recursive model): optional parts empty, so it ends
     if "const" in schema:
         return schema["const"]
     if isinstance(schema.get("enum"), list) and schema["enum"]:
@@ -708,17 +899,20 @@ def json_instance(schema: Any, rng: random.Random, root: Any = None, depth: int 
         options = schema.get(key)
         if isinstance(options, list) and options:
             usable = [o for o in options if not (isinstance(o, dict) and o.get("type") == "null")]
-            return json_instance((usable or options)[0], rng, root, depth + 1)
+            if deep and len(usable) < len(options):
+                return None
+            return _instance((usable or options)[0], rng, root, depth + 1, free)
     if isinstance(schema.get("allOf"), list):
         merged: dict[str, Any] = {}
         for part in schema["allOf"]:
+            part = _deref(part, root)
             if isinstance(part, dict):
                 merged = {
                     **merged,
                     **part,
                     "properties": {**merged.get("properties", {}), **part.get("properties", {})},
                 }
-        return json_instance(merged, rng, root, depth + 1)
+        return _instance(merged, rng, root, depth + 1, free)
     kind = schema.get("type")
     if isinstance(kind, list):
         kind = next((k for k in kind if k != "null"), "null")
@@ -728,12 +922,18 @@ def json_instance(schema: Any, rng: random.Random, root: Any = None, depth: int 
         props = schema.get("properties")
         if not isinstance(props, dict):
             return {}
-        return {name: json_instance(sub, rng, root, depth + 1) for name, sub in props.items()}
+        return {name: _instance(sub, rng, root, depth + 1, free) for name, sub in props.items()}
     if kind == "array":
-        low = schema.get("minItems", 1)
+        prefix = schema.get("prefixItems")
+        prefix = prefix if isinstance(prefix, list) else []
+        low = max(schema.get("minItems", 0 if deep else 1), len(prefix))
         high = schema.get("maxItems", max(low, 2))
-        n = max(low, min(high, 1 + rng.randrange(2)))
-        return [json_instance(schema.get("items", {}), rng, root, depth + 1) for _ in range(n)]
+        n = low if deep else max(low, min(high, 1 + rng.randrange(2)))
+        items = [_instance(sub, rng, root, depth + 1, free) for sub in prefix[:n]]
+        if isinstance(schema.get("items", {}), dict):
+            more = schema.get("items", {})
+            items += [_instance(more, rng, root, depth + 1, free) for _ in range(n - len(items))]
+        return items
     if kind in ("integer", "number"):
         low = schema.get("minimum", schema.get("exclusiveMinimum", -1) + 1)
         high = schema.get("maximum", schema.get("exclusiveMaximum", low + 11) - 1)
@@ -760,7 +960,122 @@ def json_instance(schema: Any, rng: random.Random, root: Any = None, depth: int 
     low, high = schema.get("minLength", 0), schema.get("maxLength")
     while len(text) < low:
         text += " " + rng.choice(_VOCAB)
-    return text[:high] if isinstance(high, int) else text
+    if isinstance(high, int):
+        return text[:high]
+    if any(key in schema for key in _FIXED_STRING_KEYS):
+        return text
+    slot = _Free(text, low if isinstance(low, int) else 0)
+    free.append(slot)
+    return slot
+
+
+# -------------------------------------------------------------- invalid JSON replies
+
+# The ways a structured reply goes wrong with a real model: `--invalid-json-rate`.
+_INVALID_KINDS = ("not_json", "missing", "wrong_type")
+# A value of each JSON type, to put where the schema wants another type.
+_WRONG_VALUES: tuple[tuple[str, Any], ...] = (
+    ("string", "not available"),
+    ("integer", 7),
+    ("boolean", True),
+    ("array", []),
+    ("object", {}),
+    ("null", None),
+)
+_NO_VALUE = object()
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object" if isinstance(value, dict) else "null"
+
+
+def _allowed_types(schema: Any, root: Any, depth: int = 0) -> set[str] | None:
+    """The JSON types a schema allows; None when it does not restrict them (or is unclear)."""
+    schema = _deref(schema, root)
+    if not isinstance(schema, dict) or depth > 16:
+        return None
+    if "const" in schema:
+        return {_json_type(schema["const"])}
+    if isinstance(schema.get("enum"), list) and schema["enum"]:
+        return {_json_type(v) for v in schema["enum"]}
+    kind = schema.get("type")
+    if isinstance(kind, str | list):
+        return {kind} if isinstance(kind, str) else {str(k) for k in kind}
+    for key in ("anyOf", "oneOf"):
+        options = schema.get(key)
+        if isinstance(options, list) and options:
+            found: set[str] = set()
+            for option in options:
+                types = _allowed_types(option, root, depth + 1)
+                if types is None:
+                    return None
+                found |= types
+            return found
+    if isinstance(schema.get("allOf"), list):
+        known = [_allowed_types(part, root, depth + 1) for part in schema["allOf"]]
+        sets = [types for types in known if types is not None]
+        return set.intersection(*sets) if sets else None
+    return None
+
+
+def _wrong_value(schema: Any, root: Any) -> Any:
+    """A value of a type the schema does not allow, or `_NO_VALUE`."""
+    allowed = _allowed_types(schema, root)
+    if allowed is None:
+        return _NO_VALUE
+    if "number" in allowed:
+        allowed = allowed | {"integer"}
+    return next((v for kind, v in _WRONG_VALUES if kind not in allowed), _NO_VALUE)
+
+
+def _invalid_json(text: str, schema: dict[str, Any], rng: random.Random) -> str:
+    """Reply content that fails `schema`, from the valid reply `text`.
+
+    One of `_INVALID_KINDS`, chosen by `rng`: not JSON (prose, or the JSON cut in the middle),
+    a required property missing, or a property of the wrong type. A kind the schema or the
+    reply leaves no room for (no required property, no typed property) gives the next one;
+    not JSON always works.
+    """
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = None
+    top = _deref(schema, schema)
+    props = top.get("properties") if isinstance(top, dict) else None
+    first = rng.randrange(len(_INVALID_KINDS))
+    for kind in _INVALID_KINDS[first:] + _INVALID_KINDS[:first]:
+        if kind == "missing" and isinstance(value, dict) and isinstance(top, dict):
+            required = top.get("required")
+            present = [k for k in required if k in value] if isinstance(required, list) else []
+            if present:
+                del value[present[rng.randrange(len(present))]]
+                return json.dumps(value, ensure_ascii=False)
+        elif kind == "wrong_type" and isinstance(value, dict) and isinstance(props, dict):
+            wrong = {k: _wrong_value(props[k], schema) for k in value if k in props}
+            names = [k for k, v in wrong.items() if v is not _NO_VALUE]
+            if names:
+                name = names[rng.randrange(len(names))]
+                value[name] = wrong[name]
+                return json.dumps(value, ensure_ascii=False)
+        elif kind == "not_json":
+            if value is not None and len(text) >= 8 and rng.random() < 0.5:
+                cut = text[: rng.randint(len(text) // 4, len(text) * 3 // 4)]
+                try:
+                    json.loads(cut)
+                except ValueError:
+                    return cut
+            return filler(rng, max(4, count_tokens(text)))
+    raise AssertionError("unreachable: not_json always gives a reply")  # pragma: no cover
 
 
 # ------------------------------------------------------------------------ rules
@@ -924,10 +1239,8 @@ class _Rule:
         if "json" in reply:
             data = reply["json"]
             if data == "schema":
-                data = json_instance(chat.schema() or {"type": "object"}, chat.rng)
-            else:
-                data = _fill(data, values)
-            return Reply(json.dumps(data, ensure_ascii=False))
+                return _structured_reply(chat, chat.schema() or {"type": "object"}, target)
+            return Reply(json.dumps(_fill(data, values), ensure_ascii=False))
         text = _fill(reply["text"], values) if "text" in reply else None
         calls = None
         if reply.get("tool_calls"):
@@ -1021,6 +1334,16 @@ class _Engine:
         self.iterations = 0  # loop turns; far fewer than steps thanks to skipping ahead
         self.seq_steps = 0  # sum of batch sizes over steps, for the average
         self.model_busy_s = 0.0
+        # Pool utilisation, on the engine's clock (event-loop seconds, time_scale applied):
+        # busy_s while at least one sequence runs, seq_s the integral of the running count.
+        # Both advance per event (admission, completion); `usage()` adds the segment in
+        # progress, so a poll in the middle of a long batch sees them grow.
+        self.busy_s = 0.0
+        self.seq_s = 0.0
+        self.counted_to = 0.0  # the clock time busy_s and seq_s are accounted up to
+        self.counted_n = 0  # sequences running since `counted_to`
+        self.segment_end: float | None = None  # end of the batch being slept through
+        self.loop: asyncio.AbstractEventLoop | None = None
         self.task: asyncio.Task[None] | None = None
 
     def submit(self, prompt: int, target: int) -> asyncio.Future[None]:
@@ -1064,6 +1387,35 @@ class _Engine:
         if not fut.done():
             fut.set_result(False)
 
+    def _count(self, now: float) -> None:
+        """Account utilisation up to `now` at the old running count, then take the new one."""
+        elapsed = now - self.counted_to
+        if elapsed > 0:
+            if self.counted_n:
+                self.busy_s += elapsed
+                self.seq_s += self.counted_n * elapsed
+            self.counted_to = now
+        self.counted_n = len(self.running)
+
+    def now(self) -> float:
+        """The event loop's clock, which the engine's clock follows."""
+        return self.loop.time() if self.loop is not None else self.clock
+
+    def usage(self) -> tuple[float, float, float]:
+        """(busy_s, seq_s, now): accounted totals plus the batch in progress up to now.
+
+        The batch in progress counts only up to its scheduled end, so the totals never go
+        back when the engine later accounts that batch itself.
+        """
+        now = self.now()
+        busy, seq = self.busy_s, self.seq_s
+        if self.segment_end is not None and self.counted_n:
+            elapsed = min(now, self.segment_end) - self.counted_to
+            if elapsed > 0:
+                busy += elapsed
+                seq += self.counted_n * elapsed
+        return busy, seq, now
+
     def _admit(self) -> int:
         prefill = 0
         while self.waiting and self._fits(self.waiting[0]):
@@ -1083,7 +1435,9 @@ class _Engine:
                 self.clock = loop.time()
             else:
                 self.clock = max(self.clock, loop.time() - _MAX_LAG_S)
+            self._count(self.clock)  # a stalled loop's gap counts at the old batch size
             prefill_s = self.o.prefill_ms_per_1k * self._admit() / 1e6
+            self._count(self.clock)
             if not self.running:
                 continue
             batch = len(self.running)
@@ -1091,15 +1445,16 @@ class _Engine:
             steps = self.running[0][0] - self.step
             if scale > 0:
                 start = self.clock
-                end = start + (prefill_s + steps * step_s) * scale
+                end = self.segment_end = start + (prefill_s + steps * step_s) * scale
                 interrupted = await self._sleep_until(end, interruptible=True)
                 if interrupted and step_s > 0:
                     # An arrival can join: finish the step in progress, then admit it.
                     elapsed = loop.time() - start - prefill_s * scale
                     steps = min(steps, max(1, int(elapsed / (step_s * scale)) + 1))
-                    end = start + (prefill_s + steps * step_s) * scale
+                    end = self.segment_end = start + (prefill_s + steps * step_s) * scale
                     await self._sleep_until(end, interruptible=False)
                 self.clock = end
+                self.segment_end = None
             else:
                 await asyncio.sleep(0)  # same semantics, no time; let the server run
             self.step += steps
@@ -1112,9 +1467,11 @@ class _Engine:
                 self.kv_used -= seq.kv
                 if not seq.done.done():
                     seq.done.set_result(None)
+            self._count(self.clock)
 
     def start(self) -> None:
-        self.clock = asyncio.get_running_loop().time()
+        self.loop = asyncio.get_running_loop()
+        self.clock = self.counted_to = self.loop.time()
         self.task = asyncio.create_task(self.run(), name="peerflow-sim-llm-engine")
 
     async def stop(self) -> None:
@@ -1128,6 +1485,8 @@ class _Engine:
         self.waiting.clear()
         self.running.clear()
         self.kv_used = 0
+        self.segment_end = None
+        self.counted_n = 0
 
 
 # ---------------------------------------------------------------------------- server
@@ -1175,6 +1534,7 @@ class SimLLMServer:
             "errors_injected": 0,
             "rate_limited_injected": 0,
             "garbage_injected": 0,
+            "invalid_json_injected": 0,
             "prompt_tokens": 0,
             "completion_tokens": 0,
         }
@@ -1214,6 +1574,7 @@ class SimLLMServer:
 
     def stats(self) -> dict[str, Any]:
         e = self.engine
+        busy, seq, now = e.usage()
         return {
             **self.counters,
             "running": len(e.running),
@@ -1223,6 +1584,9 @@ class SimLLMServer:
             "avg_batch_size": e.seq_steps / e.steps_run if e.steps_run else 0.0,
             "busy_s": e.model_busy_s * self.options.time_scale,
             "model_busy_s": e.model_busy_s,
+            "busy_seconds": busy,
+            "seq_seconds": seq,
+            "measured_at": now,
             "uptime_s": time.time() - self.started,
             "time_scale": self.options.time_scale,
             "simulator": True,
@@ -1268,6 +1632,23 @@ class SimLLMServer:
             )
         return None
 
+    def _invalid(self, chat: _Chat, out: tuple[str, int] | Reply) -> Reply | None:
+        """With `invalid_json_rate`, a reply that fails the request's schema instead of `out`.
+
+        Decided from the request alone (its messages, seed and schema), so a repeated request
+        gets the same reply and a re-ask (more messages) a fresh chance; tool calls are kept.
+        """
+        schema = chat.schema()
+        rate = self.options.invalid_json_rate
+        if not rate or schema is None or (isinstance(out, Reply) and out.tool_calls):
+            return None
+        spec = json.dumps(schema, sort_keys=True, default=str)
+        rng = random.Random(_digest("invalid-json", chat.key, spec))
+        if rng.random() >= rate:
+            return None
+        text = out[0] if isinstance(out, tuple) else out.content or ""
+        return Reply(_invalid_json(text, schema, rng))
+
     async def _chat(self, request: web.Request) -> web.Response:
         self.counters["requests"] += 1
         number = self.counters["requests"]
@@ -1282,14 +1663,17 @@ class SimLLMServer:
             return fault
         o = self.options
         sampled = chat.rng.lognormvariate(math.log(o.output_median), o.output_sigma)
-        target = max(1, min(chat.max_tokens, round(sampled)))
-        reply, tokens, finish = _settle(
-            self.script(chat, target, target == chat.max_tokens), chat.max_tokens
-        )
+        chat.sampled = round(sampled)
+        target = max(1, min(chat.max_tokens, chat.sampled))
+        out = self.script(chat, target, target == chat.max_tokens)
+        invalid = self._invalid(chat, out)
+        reply, tokens, finish = _settle(out if invalid is None else invalid, chat.max_tokens)
         await self.engine.submit(chat.prompt_tokens, tokens)
         if fault is not None:
             return fault
         self.counters["completed"] += 1
+        if invalid is not None:
+            self.counters["invalid_json_injected"] += 1
         self.counters["prompt_tokens"] += chat.prompt_tokens
         self.counters["completion_tokens"] += tokens
         message: dict[str, Any] = {"role": "assistant", "content": reply.content}
@@ -1420,6 +1804,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=d.garbage_rate,
         help="HTTP 200 with a body that is not JSON",
+    )
+    g.add_argument(
+        "--invalid-json-rate",
+        type=float,
+        default=d.invalid_json_rate,
+        help="structured-output requests only: a normal reply whose content fails the schema "
+        "(not JSON, a required property missing, or a property of the wrong type)",
     )
     return p
 
