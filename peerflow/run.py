@@ -36,7 +36,7 @@ EXIT_STOPPED = 3  # stopped early: no service answered, fail-fast, or an outage 
 EXIT_INTERNAL = 4  # a runtime fault (a full disk, a bug); rows in flight were abandoned
 EXIT_INTERRUPTED = 130  # Ctrl-C / SIGTERM; rows in flight were abandoned
 EXIT_CODES = {
-    EXIT_OK: "every row ended ok",
+    EXIT_OK: "every row ended ok (or was rejected by the workflow)",
     EXIT_FAILED_ROWS: "completed; some rows ended as errors",
     EXIT_CONFIG: "configuration or usage error; nothing ran",
     EXIT_STOPPED: "stopped early; re-run the same command to resume",
