@@ -273,3 +273,34 @@ async def test_coral_on_the_simulator_gives_the_same_rows_as_local(tmp_path: Pat
         }
     assert len(outputs["local"]) == 60
     assert outputs["local"] == outputs["ray"]
+
+
+async def test_a_long_input_document_is_offloaded_once_and_read_at_every_step(
+    tmp_path: Path,
+) -> None:
+    doc = "The derivative of x squared is two x, as the limit of the difference quotient shows. "
+    rows = tmp_path / "docs.jsonl"
+    with open(rows, "w") as f:
+        for i in range(24):
+            f.write(json.dumps({"id": f"d{i}", "text": doc * 40 + str(i)}) + "\n")
+    lang = {"agent": "language", "threshold": 0.5}
+    data = config_data(
+        tmp_path,
+        roles={"a": lang, "b": lang, "c": {"agent": ECHO}},
+        workflow={"kind": "sequence", "roles": ["a", "b", "c"]},
+        runtime={"offload_threshold": 1024},
+        dataset={"path": str(rows), "fields": {"text": "text"}},
+        task={"message": None},
+    )
+    summary = await run(RunConfig.model_validate(data))
+    out = records(tmp_path / "out.jsonl")
+    assert len(out) == 24 and all(r["status"] == "ok" for r in out)
+    for r in out:
+        n = r["id"][1:]
+        assert r["row"]["text"] == doc * 40 + n  # the record holds the document itself
+        # both language steps read the document (a missing text would fail the step)
+        assert [s["data"]["lang"] for s in r["history"][:2]] == ["en", "en"]
+    ray_stats = summary["ray"]
+    # row and prompt variable share one stored copy: one value per task, put once
+    assert ray_stats["offloaded_fields"] == 24
+    assert ray_stats["offloaded_bytes"] >= 24 * len(doc) * 40

@@ -31,14 +31,16 @@ Why a crash loses nothing (at-least-once hops, exactly-once records):
 6. What the hops cannot cover (two consecutive holders dying within one step, a payload
    lost with its node) the driver's sweep covers: a task nobody holds is admitted again.
 
-Offloading. A step's content longer than the threshold travels through Ray's object store:
-the sender puts the large contents of a batch into one object and sends, beside each
-encoded message, a table of step index -> (object, position); the encoded message has no
-content at those steps. Objects are put by the `Keeper` actor of the sender's node, so the
-actor that produced a payload may die without losing it, and the bytes stay on the node
-that produced them until a reader elsewhere fetches them. Receivers fetch the objects
-before the agent runs and forward the same references with the next hop, so a payload is
-stored once; Ray frees it when no parcel refers to it any more.
+Offloading. A step's content longer than the threshold, and an input value as long (the
+document a curation task reads at every step), travel through Ray's object store: the
+sender puts the large texts of a batch into one object and sends, beside each encoded
+message, a table of place -> (object, position), a place being a step index or
+`row:<column>` / `vars:<name>`; the encoded message has no text at those places (a row
+value that is also a prompt variable is stored once). Objects are put by the `Keeper`
+actor of the sender's node, so the actor that produced a payload may die without losing
+it, and the bytes stay on the node that produced them until a reader elsewhere fetches
+them. Receivers fetch the objects before the agent runs and forward the same references
+with the next hop, so a payload is stored once; Ray frees it when no parcel refers to it any more.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ import logging
 import time
 import zlib
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import ray
@@ -67,7 +69,8 @@ SLOW_CALL = 0.3
 FETCH_TIMEOUT = 60.0  # a payload not fetched by then is treated as lost (the sweep redoes it)
 EPOCH = "~restart"  # in message.route: how often the driver restarted the task from scratch
 
-Table = dict[int, tuple[Any, int]]  # step index -> (object ref, position in the object)
+# place (a step index, or "row:<column>" / "vars:<name>") -> (object ref, position in it)
+Table = dict[int | str, tuple[Any, int]]
 
 
 def stable_hash(task_id: str) -> int:
@@ -364,8 +367,12 @@ def encode(
     for p in batch:
         message = p.message
         if message is not None:  # not encoded yet (a re-sent parcel is)
-            for idx in p.table:
-                message.history[idx].content = None  # carried by the table's object
+            for place in p.table:  # carried by the table's object
+                if isinstance(place, int):
+                    message.history[place].content = None
+                else:
+                    where, _, name = place.partition(":")
+                    (message.row if where == "row" else message.vars)[name] = None
             p.data = to_bytes(message)
             p.message = None
     size = sum(len(p.data) for p in batch)
@@ -377,31 +384,45 @@ def encode(
     return [p.key for p in batch], [p.data for p in batch], tables if refs else None
 
 
+def _texts(message: Message) -> Iterator[tuple[int | str, Any]]:
+    """Every place of a message that may hold a large text, with its value."""
+    for idx, step in enumerate(message.history):
+        yield idx, step.content
+    for name, value in message.row.items():
+        yield f"row:{name}", value
+    for name, value in message.vars.items():
+        yield f"vars:{name}", value
+
+
 async def offload(
     parcels: list[Parcel], threshold: int, put: Callable[[list[str]], Awaitable[Any]]
 ) -> Counter[str]:
     """Move the parcels' texts longer than `threshold` bytes into one object (by `put`)."""
-    big: list[tuple[Parcel, int, str]] = []
+    values: list[str] = []
+    placed: list[tuple[Parcel, int | str, int]] = []
     for p in parcels:
         assert p.message is not None
-        for idx, step in enumerate(p.message.history):
-            text = step.content
+        stored: dict[str, int] = {}  # text -> its position: one copy per parcel
+        for place, text in _texts(p.message):
             if (
-                text is not None
+                isinstance(text, str)
                 and len(text) > threshold // 4  # cheap test first: utf-8 is <= 4x
-                and idx not in p.table
+                and place not in p.table
                 and len(text.encode()) > threshold
             ):
-                big.append((p, idx, text))
-    if not big:
+                pos = stored.get(text)
+                if pos is None:
+                    pos = stored[text] = len(values)
+                    values.append(text)
+                placed.append((p, place, pos))
+    if not values:
         return Counter()
-    values = [text for _, _, text in big]
     try:
         ref = await put(values)
     except RayActorError:  # the keeper is restarting: own the object ourselves meanwhile
         ref = ray.put(values)
-    for pos, (p, idx, _) in enumerate(big):
-        p.table[idx] = (ref, pos)
+    for p, place, pos in placed:
+        p.table[place] = (ref, pos)
     return Counter(offloaded_fields=len(values), offloaded_bytes=sum(len(v) for v in values))
 
 
@@ -440,8 +461,12 @@ async def awaited(ref: Any) -> Any:
 
 
 def restore(message: Message, table: Table, values: dict[Any, list[str]]) -> Message:
-    """Put a received message's offloaded contents back in place."""
+    """Put a received message's offloaded texts back in place."""
     history = message.history
-    for idx, (ref, pos) in table.items():
-        history[idx].content = values[ref][pos]
+    for place, (ref, pos) in table.items():
+        if isinstance(place, int):
+            history[place].content = values[ref][pos]
+        else:
+            where, _, name = place.partition(":")
+            (message.row if where == "row" else message.vars)[name] = values[ref][pos]
     return message
