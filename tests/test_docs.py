@@ -22,7 +22,12 @@ from peerflow import schema
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 TUTORIALS = DOCS / "tutorials"
-SHIPPED_CONFIGS = sorted([*(ROOT / "examples").glob("**/*.yaml"), *TUTORIALS.glob("*/config.yaml")])
+# Run configs, not the simulator rules files beside them.
+SHIPPED_CONFIGS = sorted(
+    p
+    for p in [*(ROOT / "examples").glob("**/*.yaml"), *TUTORIALS.glob("*/config.yaml")]
+    if not p.name.endswith("rules.yaml")
+)
 
 
 def records(path: Path) -> list[dict[str, Any]]:
@@ -464,3 +469,31 @@ def test_sim_rules_file_is_found_beside_the_config(tmp_path: Path) -> None:
     proc = peerflow("check", str(home / "config.yaml"), cwd=elsewhere)
     assert proc.returncode == 2 and "services.llm.options" in proc.stderr
     assert "rules.yaml" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_tutorial_funnel(tmp_path: Path) -> None:
+    config = TUTORIALS / "funnel" / "config.yaml"
+    assert peerflow("check", str(config), cwd=tmp_path).returncode == 0
+    out = tmp_path / "reviews.jsonl"
+    proc = peerflow("run", str(config), f"output.path={out}", "--no-progress", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "- not_english" in proc.stdout and "accepted       3" in proc.stdout
+    accepted = {r["id"]: r for r in records(out)}
+    rejected = {r["id"]: r for r in records(tmp_path / "reviews.rejected.jsonl")}
+    assert set(accepted) == {"r1", "r2", "r5"}
+    assert {k: (r["reason"], r["rejection"]["role"]) for k, r in rejected.items()} == {
+        "r3": ("not_english", "language"),
+        "r4": ("not_a_review", "extractor"),
+        "r6": ("no_valid_json", "extractor"),
+    }
+    assert accepted["r2"]["history"][1]["data"] == {
+        "is_review": True,
+        "sentiment": "negative",
+        "rating": 1,
+    }
+    reasked = accepted["r5"]["history"][1]["data"]
+    assert reasked["rating"] == 4 and len(reasked["invalid_replies"]) == 1
+    lamp = rejected["r6"]["history"][1]["data"]["invalid_replies"]
+    assert "less than or equal to 5" in lamp[0]["error"] and len(lamp) == 2
+    again = peerflow("run", str(config), f"output.path={out}", "--no-progress", cwd=tmp_path)
+    assert again.returncode == 0 and "records written this run: 0" in again.stdout
