@@ -214,3 +214,29 @@ async def test_empty_dataset_finishes_cleanly_with_no_records(tmp_path: Path, ru
     assert records == []
     assert summary["records_written"] == 0
     assert summary["success_rate"] is None
+
+
+async def test_rejected_rows_are_final_and_kept_apart(tmp_path: Path, runtime: str) -> None:
+    roles = {
+        "a": {"agent": ECHO, "fail_when": {"n": 3}},
+        "b": {"agent": ECHO, "reject": [{"when": {"n": 0}, "reason": "b_says_no"}]},
+    }
+    config = make_config(tmp_path, runtime, rows=20, roles=roles, output={"success_only": True})
+    summary = await run_async(config, pipeline=Pipeline(config), progress=False)
+    out = Path(config.output.path)
+    rejected = [json.loads(x) for x in out.with_name("out.rejected.jsonl").read_text().splitlines()]
+    errors = [json.loads(x) for x in out.with_name("out.errors.jsonl").read_text().splitlines()]
+    assert out.read_text() == ""
+    assert sorted(r["id"] for r in rejected) == sorted(f"r{i}" for i in range(20) if i != 3)
+    assert [r["id"] for r in errors] == ["r3"]
+    for r in rejected:
+        assert r["status"] == "rejected" and r["reason"] == "b_says_no"
+        assert r["rejection"] == {"role": "b", "reason": "b_says_no", "step": 2}
+    assert summary["by_status"] == {"rejected": 19, "error": 1}
+    assert summary["exit_code"] == 1
+    steps = {s["role"]: s for s in summary["funnel"]["steps"]}
+    assert steps["a"]["reached"] == 20 and steps["a"]["failed"] == 1
+    assert steps["b"]["reasons"]["b_says_no"]["rows"] == 19
+    again = await run_async(config, pipeline=Pipeline(config), progress=False)
+    assert again["records_written"] == 0
+    assert again["output_by_status"] == {"rejected": 19, "error": 1}
