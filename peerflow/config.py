@@ -480,7 +480,9 @@ class OutputConfig(Strict):
         description="`.jsonl` or `.jsonl.zst`, relative to the config file; re-running resumes it."
     )
     success_only: bool = Field(
-        default=False, description="Error records go to `<name>.errors.jsonl` instead."
+        default=False,
+        description="Keep only accepted (ok) records in the output: error records go to "
+        "`<name>.errors.jsonl`, rejected ones to `<name>.rejected.jsonl`.",
     )
     flush_interval: float = Field(
         default=0.5, gt=0, description="Seconds between flushes of buffered records."
