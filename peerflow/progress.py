@@ -45,8 +45,10 @@ async def show_progress(
             tokens = stats.completion_tokens
             tok_rate = (tokens - last_tokens) / max(now - last_t, 1e-9)
             last_t, last_tokens = now, tokens
+            rejected = stats.by_status.get("rejected", 0)
             bar.set_postfix_str(
-                f"tok/s={tok_rate:,.0f} in_flight={in_flight()} errors={stats.errors}",
+                f"tok/s={tok_rate:,.0f} in_flight={in_flight()} errors={stats.errors}"
+                + (f" rejected={rejected}" if rejected else ""),
                 refresh=False,
             )
             bar.update(done - bar.n)
