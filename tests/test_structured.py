@@ -77,7 +77,7 @@ async def test_each_mode_asks_for_the_schema_its_way(chat: FakeChat, mode: str, 
     if mode == "response_format":
         assert sent == {
             "type": "json_schema",
-            "json_schema": {"name": "Scores", "schema": schema, "strict": True},
+            "json_schema": {"name": "Scores", "schema": schema},
         }
     elif mode == "json_object":
         assert sent == {"type": "json_object", "schema": schema}

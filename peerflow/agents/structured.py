@@ -63,7 +63,9 @@ class StructuredOptions(BaseModel):
         "`invalid_<role>_output`).",
     )
     strict: bool = Field(
-        default=True, description="Send `strict: true` with a `response_format` json_schema."
+        default=False,
+        description="Send `strict: true` with a `response_format` json_schema (OpenAI then "
+        "requires every property listed in `required` and `additionalProperties: false`).",
     )
 
 
