@@ -1,10 +1,19 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
+import yaml
+
+from peerflow.services.sim_llm import SimLLMServer, SimOptions
+
+# An in-process simulator and a client session, as the `sim` fixture yields them.
+Sim = Callable[..., AbstractAsyncContextManager[tuple[SimLLMServer, aiohttp.ClientSession]]]
 
 try:
     import ray  # noqa: F401
@@ -71,3 +80,32 @@ def ray_cluster() -> Iterator[Any]:
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+@pytest.fixture
+def sim(tmp_path: Path) -> Sim:
+    """Start an in-process simulator on a free port with option overrides, plus a client.
+
+    `rules` writes a rules file and uses it as the script.
+    """
+
+    @asynccontextmanager
+    async def start(
+        rules: list[Any] | None = None, **overrides: Any
+    ) -> AsyncIterator[tuple[SimLLMServer, aiohttp.ClientSession]]:
+        opts = {"port": 0, "time_scale": 0.0, **overrides}
+        if rules is not None:
+            path = tmp_path / "rules.yaml"
+            path.write_text(yaml.safe_dump(rules))
+            opts["script"] = str(path)
+        server = SimLLMServer(SimOptions(**opts))
+        await server.start()
+        conn = aiohttp.TCPConnector(limit=0)
+        timeout = aiohttp.ClientTimeout(total=20)  # an engine deadlock fails instead of hanging
+        try:
+            async with aiohttp.ClientSession(connector=conn, timeout=timeout) as session:
+                yield server, session
+        finally:
+            await server.stop()
+
+    return start

@@ -10,8 +10,8 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -32,26 +32,6 @@ EXTRACTOR = "You are an answer extractor. Report the final option letter."
 FINAL = re.compile(r"\n\nThe answer is \(([A-J])\)\.$")
 
 Sim = Callable[..., AbstractAsyncContextManager[tuple[SimLLMServer, aiohttp.ClientSession]]]
-
-
-@pytest.fixture
-def sim() -> Sim:
-    """Start an in-process simulator on a free port with option overrides, plus a client."""
-
-    @asynccontextmanager
-    async def start(**overrides: Any) -> AsyncIterator[tuple[SimLLMServer, aiohttp.ClientSession]]:
-        opts = {"port": 0, "time_scale": 0.0, **overrides}
-        server = SimLLMServer(SimOptions(**opts))
-        await server.start()
-        conn = aiohttp.TCPConnector(limit=0)
-        timeout = aiohttp.ClientTimeout(total=20)  # an engine deadlock fails instead of hanging
-        try:
-            async with aiohttp.ClientSession(connector=conn, timeout=timeout) as session:
-                yield server, session
-        finally:
-            await server.stop()
-
-    return start
 
 
 def chat_body(content: str = "Tell me about rivers.", **extra: Any) -> dict[str, Any]:

@@ -7,16 +7,13 @@ import asyncio
 import enum
 import json
 import statistics
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from pathlib import Path
 from typing import Any, Literal
 
 import aiohttp
 import jsonschema
 import pytest
-import yaml
 from pydantic import BaseModel, Field
+from test_sim_llm import Sim, post
 
 from peerflow.services.sim_llm import (
     SimLLMServer,
@@ -25,8 +22,6 @@ from peerflow.services.sim_llm import (
     build_parser,
     count_tokens,
 )
-
-Sim = Callable[..., AbstractAsyncContextManager[tuple[SimLLMServer, aiohttp.ClientSession]]]
 
 SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -61,44 +56,8 @@ def ask(schema: dict[str, Any], form: str) -> dict[str, Any]:
 FORMS = ["response_format", "json_object", "guided_json", "structured_outputs", "json_schema"]
 
 
-@pytest.fixture
-def sim(tmp_path: Path) -> Sim:
-    """An in-process simulator on a free port with option overrides, plus a client.
-
-    `rules` writes a rules file and uses it as the script.
-    """
-
-    @asynccontextmanager
-    async def start(
-        rules: list[Any] | None = None, **overrides: Any
-    ) -> AsyncIterator[tuple[SimLLMServer, aiohttp.ClientSession]]:
-        opts = {"port": 0, "time_scale": 0.0, **overrides}
-        if rules is not None:
-            path = tmp_path / "rules.yaml"
-            path.write_text(yaml.safe_dump(rules))
-            opts["script"] = str(path)
-        server = SimLLMServer(SimOptions(**opts))
-        await server.start()
-        conn = aiohttp.TCPConnector(limit=0)
-        timeout = aiohttp.ClientTimeout(total=30)
-        try:
-            async with aiohttp.ClientSession(connector=conn, timeout=timeout) as session:
-                yield server, session
-        finally:
-            await server.stop()
-
-    return start
-
-
 def body(content: str = "Summarise the river report.", **extra: Any) -> dict[str, Any]:
     return {"model": "m", "messages": [{"role": "user", "content": content}], **extra}
-
-
-async def post(
-    server: SimLLMServer, session: aiohttp.ClientSession, payload: Any
-) -> tuple[int, dict[str, Any]]:
-    async with session.post(f"{server.url}/chat/completions", json=payload) as resp:
-        return resp.status, await resp.json(content_type=None)
 
 
 async def ok(server: SimLLMServer, session: aiohttp.ClientSession, payload: Any) -> dict[str, Any]:
