@@ -117,9 +117,7 @@ def test_the_example_funnel_on_the_simulator(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_the_example_on_ray_offloads_the_document(tmp_path: Path) -> None:
-    proc, out = run(
-        tmp_path, "runtime.kind=ray", "runtime.offload_threshold=512", "dataset.limit=80"
-    )
+    proc, out = run(tmp_path, "runtime.kind=ray", "dataset.limit=80")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     check_output(out, DOCS[:80])
     summary = json.loads(Path(f"{out}.summary.json").read_text())
