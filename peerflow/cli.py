@@ -146,6 +146,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     from peerflow.config import config_fingerprint
     from peerflow.pipeline import Pipeline
 
+    rules = _rules_file(args.config)
+    if rules is not None:
+        return _check_rules(args.config, rules)
     try:
         config = load_config(args.config, args.overrides)
         pipeline = Pipeline(config)
@@ -162,6 +165,37 @@ def cmd_check(args: argparse.Namespace) -> int:
         f"{args.config}: ok ({len(config.roles)} role(s), {config.workflow.kind} workflow, "
         f"dataset {dataset.format if dataset else '?'}, "
         f"config fingerprint {config_fingerprint(config)})"
+    )
+    return 0
+
+
+def _rules_file(path: str) -> list[Any] | None:
+    """The rules of a simulator rules file (which `check` also accepts), or None for any
+    other file (a run config, or something unreadable that `load_config` will report)."""
+    import yaml
+
+    from peerflow.services.sim_llm import rules_shape
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            shape = rules_shape(yaml.safe_load(f))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    return shape[0] if shape is not None and isinstance(shape[0], list) else None
+
+
+def _check_rules(path: str, rules: list[Any]) -> int:
+    """Check a simulator rules file as the simulator loads it at start-up."""
+    from peerflow.services.sim_llm import SimOptions, load_script
+
+    try:
+        load_script(SimOptions(script=path))
+    except ValueError as exc:
+        print(f"peerflow: simulator rules error:\n{exc}", file=sys.stderr)
+        return 2
+    print(
+        f"{path}: ok (simulator rules file, {len(rules)} rule(s); name it in a sim service's "
+        "`options.script`)"
     )
     return 0
 

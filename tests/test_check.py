@@ -572,3 +572,39 @@ def test_a_rules_file_counts_by_its_contents_not_its_path(tmp_path: Path) -> Non
     assert _fp(moved, "services.llm.options.script=rules.yaml") == fp_first
     (moved / "rules.yaml").write_text("- {when: {role: judge}, reply: CONTINUE}\n")
     assert _fp(moved, "services.llm.options.script=rules.yaml") != fp_first
+
+
+# --- every shipped YAML file, as a newcomer would check it ------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+SHIPPED_YAML = sorted(
+    p.relative_to(ROOT)
+    for p in [*(ROOT / "examples").glob("**/*.yaml"), *(ROOT / "docs").glob("**/*.yaml")]
+)
+
+
+@pytest.mark.parametrize("path", SHIPPED_YAML, ids=str)
+def test_check_passes_every_shipped_yaml(path: Path) -> None:
+    """Run configs and simulator rules files alike: `peerflow check FILE` says ok."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "peerflow.cli", "check", str(path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(f"{path}: ok")
+
+
+def test_check_reports_a_broken_rules_file(tmp_path: Path) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("rules:\n  - {when: {bogus: 1}, reply: x}\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "peerflow.cli", "check", str(rules)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "rule 0.when: unknown selectors bogus" in proc.stderr

@@ -1260,6 +1260,17 @@ class _Rule:
         return Reply(text, calls)
 
 
+def rules_shape(data: Any) -> tuple[list[Any], Any] | None:
+    """(rules, default) when `data` has a rules file's shape, else None.
+
+    A rules file is a list of rules, or a mapping with `rules` (and `default`) only; a run
+    config is neither, which lets `peerflow check` tell the two apart.
+    """
+    if isinstance(data, dict) and "rules" in data and set(data) <= {"rules", "default"}:
+        return data["rules"], data.get("default")
+    return (data, None) if isinstance(data, list) else None
+
+
 def _rules(path: Path) -> Script:
     text = path.read_text(encoding="utf-8")
     try:
@@ -1267,15 +1278,13 @@ def _rules(path: Path) -> Script:
     except (ValueError, yaml.YAMLError) as exc:
         kind = "JSON" if path.suffix.lower() == ".json" else "YAML"
         raise ValueError(f"{path}: not valid {kind}: {exc}") from None
-    default: Any = None
-    if isinstance(data, dict) and "rules" in data and set(data) <= {"rules", "default"}:
-        default = data.get("default")
-        data = data["rules"]
-    if not isinstance(data, list):
+    shape = rules_shape(data)
+    if shape is None or not isinstance(shape[0], list):
         raise ValueError(
             f"{path}: a rules file holds a list of {{when, reply}} rules "
             "(or a mapping with 'rules' and 'default')"
         )
+    data, default = shape
     rules = [_Rule(rule, f"{path}: rule {i}") for i, rule in enumerate(data)]
     fallback = None if default is None else _Rule({"reply": default}, f"{path}: default")
 
