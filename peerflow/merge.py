@@ -88,7 +88,7 @@ def side_paths(path: Path) -> tuple[Path, Path]:
     return errors_path(path), rejected_path(path)
 
 
-def with_errors(paths: Sequence[Path]) -> list[Path]:
+def with_side_files(paths: Sequence[Path]) -> list[Path]:
     """`paths` and each one's errors and rejected files, when they exist (a run may have
     had `success_only` on, and the next one off)."""
     out: list[Path] = []

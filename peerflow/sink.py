@@ -46,7 +46,7 @@ from peerflow.merge import (
     errors_path,
     read_manifest,
     rejected_path,
-    with_errors,
+    with_side_files,
 )
 from peerflow.message import SCHEMA_VERSION, Message, Step
 
@@ -223,7 +223,7 @@ def meta_path(output: Path) -> Path:
 
 def _has_records(output: Path) -> bool:
     mains = [output, *read_manifest(output)]
-    return any(p.exists() and p.stat().st_size > 0 for p in with_errors(mains))
+    return any(p.exists() and p.stat().st_size > 0 for p in with_side_files(mains))
 
 
 def check_fingerprint(output: Path, fingerprint: str, version: str, *, force: bool) -> None:
@@ -380,7 +380,7 @@ class Sink:
     @property
     def paths(self) -> list[Path]:
         """Every file of this output the sink reads: the output and its errors file."""
-        return with_errors([self.path])
+        return with_side_files([self.path])
 
     def open(self) -> None:
         self.opened_at = time.time()

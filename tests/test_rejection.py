@@ -191,7 +191,7 @@ def test_merge_keeps_rejected_side_files(tmp_path: Path) -> None:
             json.dumps({"id": f"rej{i}", "status": "rejected", "reason": "odd"}) + "\n"
         )
     merge.write_manifest(out, shards)
-    state = merge.compact(merge.with_errors(shards))
+    state = merge.compact(merge.with_side_files(shards))
     assert state.by_status() == {"ok": 2, "rejected": 2}
     result = merge.merge_shards(out)
     assert result.records == 4

@@ -359,7 +359,7 @@ async def test_ray_rerun_retries_failed_rows_across_shards(
     cfg = ray_config(tmp_path, 8, {"partitions": 1, "sinks": 3}, success_only=success_only)
     summary = await run(cfg)
     shards = [shard_path(out, i, 3) for i in range(3)]
-    files = merge.with_errors(shards)
+    files = merge.with_side_files(shards)
     assert attempted(tmp_path) == ["r2", "r4", "r6", "r7"]
     expected = {f"r{i}": "error" if i == 3 else "ok" for i in range(8)}
     assert one_each(*files) == expected
@@ -369,7 +369,7 @@ async def test_ray_rerun_retries_failed_rows_across_shards(
 
     forced = await run(cfg, retry_failed=True)
     assert attempted(tmp_path) == ["r3"] and forced["records_written"] == 1
-    assert one_each(*merge.with_errors(shards)) == {f"r{i}": "ok" for i in range(8)}
+    assert one_each(*merge.with_side_files(shards)) == {f"r{i}": "ok" for i in range(8)}
     assert forced["output_by_status"] == {"ok": 8}
 
 

@@ -135,14 +135,14 @@ def design_figures(samples: list[Sample], pools: list[str], wall: float) -> dict
 def output_figures(paths: list[Path]) -> dict[str, Any]:
     """What a design wrote, read back from its output files (the same reader for all):
     outcome per row (the funnel), accepted ids, completion tokens and finish times."""
-    from peerflow.merge import with_errors
+    from peerflow.merge import with_side_files
     from peerflow.sink import records_since
 
     outcomes: Counter[str] = Counter()
     ok_ids: set[str] = set()
     finished: list[float] = []
     completion = 0
-    for rec in records_since(with_errors(paths), 0.0):
+    for rec in records_since(with_side_files(paths), 0.0):
         outcome = rec.reason if rec.status == "rejected" else rec.status
         outcomes[outcome or rec.status] += 1
         if rec.status == "ok":

@@ -382,9 +382,8 @@ class LLMAgent(Agent):
             usage = merge_usage(usage, result.usage)
         if error is not None:
             invalid.append({"content": result.content, "error": error})
-        fields = {f: getattr(result, f) for f in result.__struct_fields__}
         return StructuredReply(
-            **{**fields, "usage": usage},
+            **{**msgspec.structs.asdict(result), "usage": usage},
             data=data,
             error=error,
             invalid=invalid or None,

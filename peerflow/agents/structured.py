@@ -24,18 +24,13 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Literal
+from typing import Any
 
 import jsonschema
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from peerflow.loading import load_object
 from peerflow.services.base import ChatResult
-
-StructuredMode = Literal[
-    "response_format", "json_object", "vllm", "guided_json", "llama_cpp", "prompt"
-]
-STRUCTURED_MODES: tuple[str, ...] = StructuredMode.__args__  # type: ignore[attr-defined]
 
 
 class StructuredOptions(BaseModel):

@@ -72,14 +72,16 @@ class Ledger:
             if p not in shards and any(f.exists() for f in (p, *merge.side_paths(p)))
         ]
         if others:
-            recs.append(await asyncio.to_thread(merge.compact, merge.with_errors(others)))
+            recs.append(await asyncio.to_thread(merge.compact, merge.with_side_files(others)))
         if not self.take(recs):
             # An id has records in two files: a crash came between a retried row's new
             # record and the compaction, and the shard layout changed since. Compact all
             # files together, with the sinks' files closed meanwhile.
             sinks = [handles[k] for k in sink_keys]
             await asyncio.gather(*[retrying(h.suspend) for h in sinks])
-            whole = await asyncio.to_thread(merge.compact, merge.with_errors([*shards, *others]))
+            whole = await asyncio.to_thread(
+                merge.compact, merge.with_side_files([*shards, *others])
+            )
             await asyncio.gather(*[retrying(h.resume) for h in sinks])
             self.take([whole])
         if len(shards) > 1 or listed:
