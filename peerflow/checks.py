@@ -189,6 +189,26 @@ def sim_option_errors(config: RunConfig) -> Errors:
     return errors
 
 
+def tool_env_errors(config: RunConfig) -> Errors:
+    """Load each tool-environment domain now, so a broken one is a config error.
+
+    Also makes a relative `domain` absolute against the config's folder (in place): the
+    servers are started from the current folder (and on Ray, on other nodes).
+    """
+    errors: Errors = []
+    for name, svc in config.services.items():
+        if svc.kind != "tool_env":
+            continue
+        from peerflow.envs.domain import DomainError, load_domain
+
+        svc.domain = str(config.resolve(svc.domain))
+        try:
+            load_domain(svc.domain)
+        except DomainError as exc:
+            errors.append((("services", name, "domain"), str(exc)))
+    return errors
+
+
 # --- templates -------------------------------------------------------------------
 
 
@@ -198,7 +218,7 @@ def _role_templates(role: str, cls: type[Agent], options: AgentOptions) -> dict[
         return {}
     if cls.context is not LLMAgent.context:
         return {}  # a subclass supplies its own names; it is checked when it renders
-    sources = {key: getattr(options, key, None) for key in ("system", "prompt")}
+    sources = {key: getattr(options, key, None) for key in ("system", "prompt", "opening")}
     return {key: src for key, src in sources.items() if isinstance(src, str)}
 
 

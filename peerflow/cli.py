@@ -37,8 +37,21 @@ def _print_summary(summary: dict[str, Any]) -> None:
             "errors under derived ids)",
             file=out,
         )
+    reasons = summary.get("by_reason") or {}
+    if set(reasons) - {"done", "ok"}:
+        print("endings: " + ", ".join(f"{r} {n}" for r, n in reasons.items()), file=out)
     if summary.get("tool_calls"):
         print(f"tool calls: {summary['tool_calls']} ({summary['tool_errors']} errors)", file=out)
+    for name, env in (summary.get("environments") or {}).items():
+        if "live" not in env:
+            print(f"environments of {name}: no account ({env.get('error')})", file=out)
+            continue
+        print(
+            f"environments of {name}: acquired {env['acquired']}, released {env['released']}, "
+            f"expired {env['expired']}, live after the run {env['live']} "
+            f"({env['servers']} server(s), {env['server_restarts']} restarted)",
+            file=out,
+        )
     tokens = summary["tokens"]
     print(
         f"wall {summary['wall_seconds']:.1f}s, {summary['tasks_per_second']:.2f} tasks/s, "

@@ -7,6 +7,7 @@ naming its key path and line, never a silently ignored default. Kinds
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -230,8 +231,52 @@ class CommandServiceConfig(_ManagedOptions):
         return self
 
 
+class ToolEnvServiceConfig(Strict):
+    """Tool environments of a domain, one per task, served by peerflow's env servers."""
+
+    kind: Literal["tool_env"] = Field(description="Per-task tool environments of a domain.")
+    domain: str = Field(
+        description="The domain folder (db.json, policy.md, tools.py; relative to this file)."
+    )
+    replicas: int = Field(default=1, ge=1, description="Environment server processes.")
+    max_envs: int = Field(
+        default=256, ge=1, description="Live environments per server; beyond, acquire waits."
+    )
+    urls: list[str] = Field(
+        default_factory=list,
+        description="Base URLs of environment servers already running "
+        "(`python -m peerflow.envs.server`); then none is launched.",
+    )
+    lease_ttl: float = Field(
+        default=900.0, gt=0, description="Idle seconds after which a server reclaims one."
+    )
+    call_latency: float = Field(
+        default=0.0, ge=0, description="Seconds each tool call waits (to model real tools)."
+    )
+    call_cpu: float = Field(
+        default=0.0, ge=0, description="CPU seconds each tool call burns (to model real tools)."
+    )
+    acquire_timeout: float = Field(
+        default=600.0, gt=0, description="Longest wait (s) for a free environment."
+    )
+    timeout: float = Field(default=120.0, gt=0, description="Seconds allowed for one request.")
+    startup_timeout: float = Field(default=60.0, gt=0, description="Seconds to wait for a server.")
+    resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="Ray only: resources of each server replica (`cpu`, custom node labels).",
+    )
+    registry: str | None = Field(
+        default=None,
+        description="Ray only, set by peerflow: the registry whose healthy replicas are used.",
+    )
+
+
 ServiceConfig = Annotated[
-    OpenAIServiceConfig | LocalModelConfig | SimServiceConfig | CommandServiceConfig,
+    OpenAIServiceConfig
+    | LocalModelConfig
+    | SimServiceConfig
+    | CommandServiceConfig
+    | ToolEnvServiceConfig,
     Field(discriminator="kind"),
 ]
 
@@ -554,14 +599,34 @@ def _script_identity(script: str, base_dir: Path) -> str:
     fingerprint, editing the rules changes it. Built-in scripts count by name."""
     import hashlib
 
+    function = ""
+    if re.search(r"\.py:\w+$", script):  # a Python script counts by its file and function
+        script, _, name = script.rpartition(":")
+        function = ":" + name
     path = Path(script).expanduser()
     if not path.is_absolute():
         path = base_dir / path
     try:
         data = path.read_bytes()
     except OSError:
-        return script
-    return "file:" + hashlib.blake2b(data, digest_size=8).hexdigest()
+        return script + function
+    return "file:" + hashlib.blake2b(data, digest_size=8).hexdigest() + function
+
+
+def _domain_identity(domain: str, base_dir: Path) -> str:
+    """A tool-environment domain counts by its files' contents, like a rules file."""
+    import hashlib
+
+    folder = Path(domain).expanduser()
+    if not folder.is_absolute():
+        folder = base_dir / folder
+    h = hashlib.blake2b(digest_size=8)
+    for name in ("db.json", "user_db.json", "policy.md", "tools.py"):
+        try:
+            h.update(name.encode() + b"\x00" + (folder / name).read_bytes() + b"\x00")
+        except OSError:
+            h.update(name.encode() + b"\x01")
+    return "domain:" + h.hexdigest()
 
 
 def config_fingerprint(config: RunConfig) -> str:
@@ -591,7 +656,11 @@ def config_fingerprint(config: RunConfig) -> str:
     dataset = config.dataset.model_dump(mode="json", exclude={"limit"})
     services = {}
     for name, svc in config.services.items():
-        entry: dict[str, Any] = {"kind": svc.kind, "model": svc.model}
+        entry: dict[str, Any] = {"kind": svc.kind, "model": getattr(svc, "model", None)}
+        if isinstance(svc, ToolEnvServiceConfig):
+            entry = {"kind": svc.kind, "domain": _domain_identity(svc.domain, config.base_dir)}
+            services[name] = entry
+            continue
         for key in _SERVICE_DATA_KEYS:
             if hasattr(svc, key):
                 entry[key] = getattr(svc, key)

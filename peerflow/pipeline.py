@@ -8,6 +8,7 @@ same config inside each actor, so both runtimes run identical code per step.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import logging
@@ -19,7 +20,12 @@ from pydantic import ValidationError
 
 from peerflow import checks
 from peerflow.agents import Agent, AgentOptions, agent_class
-from peerflow.agents.llm import TASK_ROLE, compile_template, render
+from peerflow.agents.environment import (
+    EnvironmentAgent,
+    environment_tools,
+    release_held_environment,
+)
+from peerflow.agents.llm import TASK_ROLE, add_template_path, compile_template, render
 from peerflow.agents.tools import resolve_offered_tools
 from peerflow.config import RunConfig, validation_errors
 from peerflow.loading import add_import_path, load_object
@@ -63,6 +69,7 @@ class Pipeline:
         self.config = config
         # `module:attr` references to user code resolve from the config's folder first.
         add_import_path(config.base_dir)
+        add_template_path(config.base_dir)
         errors: list[tuple[tuple[str, ...], str]] = []
         self.workflow: Workflow | None
         self.workflow, found = checks.checked_workflow(config)
@@ -89,8 +96,17 @@ class Pipeline:
                     (("roles", role, "service"), f"no service named {service!r} under services")
                 )
             self.agent_specs[role] = (cls, options)
-        # LLM roles may offer tools by the name of an `agent: tools` role or of its tools.
-        errors += resolve_offered_tools(self.agent_specs)
+        # LLM roles may offer tools by the name of an `agent: tools` role or of its tools,
+        # or of an `agent: environment` role (its domain's tools for the role's side).
+        errors += checks.tool_env_errors(config)
+        errors += resolve_offered_tools(
+            self.agent_specs, environment_tools(config, self.agent_specs)
+        )
+        # Roles holding a per-task environment: a task ending without its reward step
+        # (failed, or stopped) releases the environment as it is finished.
+        self.holds_environments = any(
+            issubclass(cls, EnvironmentAgent) for cls, _ in self.agent_specs.values()
+        )
         self.task_template = None
         # A syntax error here is reported once, with every other template's, below.
         with contextlib.suppress(ValueError):
@@ -153,7 +169,10 @@ class Pipeline:
 
     @contextlib.asynccontextmanager
     async def running_services(
-        self, watch: Any = None, configs: Mapping[str, Any] | None = None
+        self,
+        watch: Any = None,
+        configs: Mapping[str, Any] | None = None,
+        stats: RunStats | None = None,
     ) -> AsyncIterator[dict[str, Service]]:
         """Start every service for the run, and stop the started ones however the run ends.
 
@@ -161,7 +180,8 @@ class Pipeline:
         answer its health check before this yields: no row is admitted, and no record
         written, while a service is down or mistyped. `configs` replaces the config's
         service sections (the Ray runtime's clients of services already running on the
-        cluster).
+        cluster). With `stats`, services that keep per-task state (tool environments) add
+        their final account to the summary (`environments`) before they stop.
         """
         services = self.services(configs)
         started: list[Service] = []
@@ -177,6 +197,14 @@ class Pipeline:
         finally:
             if watch is not None:
                 await watch.stop()
+            for service in started:
+                report = getattr(service, "final_report", None)
+                if stats is not None and report is not None:
+                    try:
+                        found = await asyncio.wait_for(report(), 15.0)
+                    except Exception as exc:
+                        found = {"error": f"{type(exc).__name__}: {exc}"}
+                    stats.extra.setdefault("environments", {})[service.name] = found
             for service in reversed(started):
                 try:
                     await service.stop()
@@ -265,6 +293,8 @@ class Pipeline:
 
     def finish(self, message: Message, sink: Sink, stats: RunStats) -> None:
         message.finished = time.time()
+        if self.holds_environments:
+            release_held_environment(message)
         metrics = self.metrics(message)
         if sink.write(message, metrics):
             stats.observe(message, metrics)

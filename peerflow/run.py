@@ -78,6 +78,9 @@ def service_labels(config: RunConfig) -> dict[str, str]:
             labels[name] = SIMULATOR_NOTE
         elif svc.kind == "local_model":
             labels[name] = f"embedded model {svc.model} (llama.cpp server started by peerflow)"
+        elif svc.kind == "tool_env":
+            where = ", ".join(svc.urls) or f"{svc.replicas} server(s) started by peerflow"
+            labels[name] = f"tool environments of domain {svc.domain} ({where})"
         elif svc.kind == "command":
             command = svc.command if isinstance(svc.command, str) else " ".join(svc.command)
             labels[name] = f"{svc.model} (server started by peerflow: {command})"

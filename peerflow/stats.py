@@ -163,6 +163,7 @@ def tool_counts(step: Step) -> tuple[int, int]:
 
 _RECORD_FIELDS = (
     "by_status",
+    "by_reason",
     "roles",
     "task_latency",
     "steps",
@@ -179,6 +180,8 @@ class RunStats:
     def __init__(self) -> None:
         self.started = time.time()
         self.by_status: dict[str, int] = defaultdict(int)
+        # Why tasks ended (`done`, `until`, a conversation's termination, `max_steps`, ...).
+        self.by_reason: dict[str, int] = defaultdict(int)
         self.roles: dict[str, RoleStats] = {}
         self.task_latency = Histogram()
         self.steps = 0
@@ -196,6 +199,7 @@ class RunStats:
 
     def observe(self, message: Message, metrics: dict[str, Any] | None) -> None:
         self.by_status[message.status] += 1
+        self.by_reason[message.reason or message.status] += 1
         if message.finished and message.created:
             self.task_latency.add(message.finished - message.created)
         roles = self.roles
@@ -260,6 +264,8 @@ class RunStats:
         """Add another process's stats (a Ray sink's records) into these: the one merge."""
         for status, n in src.by_status.items():
             self.by_status[status] += n
+        for reason, n in src.by_reason.items():
+            self.by_reason[reason] += n
         for role, rs in src.roles.items():
             d = self.roles.get(role)
             if d is None:
@@ -349,6 +355,7 @@ class RunStats:
             "skipped_already_finished": self.skipped,
             "duplicates_dropped": self.duplicates,
             "by_status": dict(self.by_status),
+            "by_reason": dict(sorted(self.by_reason.items(), key=lambda kv: -kv[1])),
             "success_rate": self.by_status.get(OK, 0) / done if done else None,
             "wall_seconds": round(wall, 3),
             "tasks_per_second": round(done / wall, 3),

@@ -1,9 +1,11 @@
-"""Agents: the per-role steps. Built-ins are named `llm`, `function`, `tools` and
-`language` in YAML; anything else is a `module:Class` naming an `Agent` subclass."""
+"""Agents: the per-role steps. Built-ins are named `llm`, `function`, `tools`, `language`,
+`environment` and `env_reward` in YAML; anything else is a `module:Class` naming an `Agent`
+subclass."""
 
 from __future__ import annotations
 
 from peerflow.agents.base import Agent, AgentOptions, to_step
+from peerflow.agents.environment import EnvironmentAgent, RewardAgent
 from peerflow.agents.function import FunctionAgent
 from peerflow.agents.language import LanguageAgent
 from peerflow.agents.llm import LLMAgent
@@ -15,15 +17,19 @@ BUILTIN_AGENTS: dict[str, type[Agent]] = {
     "function": FunctionAgent,
     "tools": ToolsAgent,
     "language": LanguageAgent,
+    "environment": EnvironmentAgent,
+    "env_reward": RewardAgent,
 }
 
 __all__ = [
     "BUILTIN_AGENTS",
     "Agent",
     "AgentOptions",
+    "EnvironmentAgent",
     "FunctionAgent",
     "LLMAgent",
     "LanguageAgent",
+    "RewardAgent",
     "ToolsAgent",
     "agent_class",
     "to_step",

@@ -15,8 +15,10 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import time
 import weakref
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Literal
 
 import jinja2
@@ -25,7 +27,7 @@ import msgspec
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from peerflow.agents.base import Agent, AgentOptions, ParseError, to_step
+from peerflow.agents.base import Agent, AgentOptions, ParseError, failed_step, to_step
 from peerflow.agents.structured import (
     OutputSchema,
     StructuredOptions,
@@ -58,6 +60,20 @@ _env = jinja2.Environment(
 )
 
 _GLOBALS = dict(_env.globals)
+
+# `{% include "file" %}` reads files of the configs' folders (see add_template_path).
+_loader = jinja2.FileSystemLoader([])
+_env.loader = _loader
+
+
+def add_template_path(folder: str | Path) -> None:
+    """Let templates include files of `folder` (`{% include "policy.md" %}`), first."""
+    path = str(Path(folder).resolve())
+    if path not in _loader.searchpath:
+        _loader.searchpath.insert(0, path)
+        if _env.cache is not None:
+            _env.cache.clear()  # a name found in another folder before must be looked up again
+
 
 # Names every role template can use besides the task's variables; see `LLMAgent.context`.
 CONTEXT_NAMES = frozenset({"vars", "row", "message", "history", "last", "role"})
@@ -100,6 +116,8 @@ class LLMOptions(AgentOptions):
     service: str
     system: str | None = None
     prompt: str | None = None  # appended as the last user message
+    # The role's first turn, said without a model call (a support agent's fixed greeting).
+    opening: str | None = None
     conversation: list[str] | None = None  # the same as view.include
     view: ViewOptions = Field(default_factory=ViewOptions)
     include_task: bool = True
@@ -196,6 +214,7 @@ class LLMAgent(Agent):
         self.service = services[options.service]
         self.system = compile_template(options.system, f"roles.{role}.system")
         self.prompt = compile_template(options.prompt, f"roles.{role}.prompt")
+        self.opening = compile_template(options.opening, f"roles.{role}.opening")
         self.output_schema = (
             OutputSchema(options.structured, role) if options.structured is not None else None
         )
@@ -336,6 +355,23 @@ class LLMAgent(Agent):
             chat[-1] = {"role": "user", "content": f"{prev['content']}\n\n{entry['content']}"}
         else:
             chat.append(entry)
+
+    async def run(self, message: Message) -> Step:
+        """The fixed `opening` when the role has not spoken yet, else one model call."""
+        if self.opening is None or any(s.role == self.role for s in message.history):
+            return await super().run(message)
+        started = time.time()
+        try:
+            step = Step(
+                role=self.role,
+                content=render(self.opening, self.context(message)),
+                data={"opening": True},
+            )
+        except Exception as exc:
+            step = failed_step(self.role, exc)
+        step.started = started
+        step.latency = time.time() - started
+        return step
 
     async def preprocess(self, message: Message) -> dict[str, Any]:
         request: dict[str, Any] = {

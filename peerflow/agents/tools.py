@@ -94,9 +94,12 @@ def _strip_titles(schema: Any) -> Any:
     return schema
 
 
-def _signature_model(fn: Callable[..., Any], name: str) -> tuple[type[BaseModel] | None, bool]:
+def _signature_model(
+    fn: Callable[..., Any], name: str, injected: str = MESSAGE_PARAM
+) -> tuple[type[BaseModel] | None, bool]:
     """A pydantic model of `fn`'s parameters (None if it takes **kwargs), and whether it
-    wants the task message."""
+    wants the `injected` parameter (the task message; a tool environment's `env`), which
+    the caller supplies and the model never sees."""
     _, described = _doc_parts(fn)
     fields: dict[str, Any] = {}
     wants_message = False
@@ -105,7 +108,7 @@ def _signature_model(fn: Callable[..., Any], name: str) -> tuple[type[BaseModel]
     except Exception:
         hints = {}
     for param in inspect.signature(fn).parameters.values():
-        if param.name == MESSAGE_PARAM:
+        if param.name == injected:
             wants_message = True
             continue
         if param.kind is inspect.Parameter.VAR_KEYWORD:
@@ -130,8 +133,11 @@ def tool_from_function(
     name: str | None = None,
     description: str | None = None,
     parameters: dict[str, Any] | None = None,
+    injected: str = MESSAGE_PARAM,
 ) -> Tool:
     """A `Tool` from a function; `name`/`description`/`parameters` override what is derived.
+
+    `injected` names the parameter the caller fills in (not in the schema).
 
     With explicit `parameters` (an OpenAI JSON schema from YAML) the model is shown that
     schema; arguments are still validated against the function's signature.
@@ -143,7 +149,7 @@ def tool_from_function(
         raise ToolError(f"tool name {name!r} must match ^[a-zA-Z0-9_-]{{1,64}}$ (OpenAI's rule)")
     doc, _ = _doc_parts(fn)
     try:
-        model, wants_message = _signature_model(fn, name)
+        model, wants_message = _signature_model(fn, name, injected)
     except ToolError:
         raise
     except Exception as exc:
@@ -238,6 +244,26 @@ def _validation_text(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
+def bind_arguments(tool: Tool, raw: Any) -> tuple[dict[str, Any] | None, str | None]:
+    """A call's arguments (JSON text or a mapping) checked against the tool's schema.
+
+    Returns (keyword arguments, None), or (None, what is wrong) in words a model can act on.
+    """
+    try:
+        args = json.loads(raw) if isinstance(raw, str) and raw.strip() else (raw or {})
+    except json.JSONDecodeError as exc:
+        return None, f"arguments are not valid JSON: {exc}"
+    if not isinstance(args, dict):
+        return None, f"arguments must be a JSON object, got {type(args).__name__}"
+    if tool.args_model is None:
+        return dict(args), None
+    try:
+        validated = tool.args_model.model_validate(args)
+    except ValidationError as exc:
+        return None, f"invalid arguments: {_validation_text(exc)}"
+    return {k: getattr(validated, k) for k in type(validated).model_fields}, None
+
+
 class ToolsAgent(Agent):
     """Executes the tool calls of the previous step: all of them, concurrently, one step.
 
@@ -284,23 +310,9 @@ class ToolsAgent(Agent):
         if tool is None:
             known = ", ".join(self.tools) or "none"
             return result(call_id, name, f"unknown tool {name!r}; tools: {known}", error=True)
-        raw = function.get("arguments")
-        try:
-            args = json.loads(raw) if isinstance(raw, str) and raw.strip() else (raw or {})
-        except json.JSONDecodeError as exc:
-            return result(call_id, name, f"arguments are not valid JSON: {exc}", error=True)
-        if not isinstance(args, dict):
-            kind = type(args).__name__
-            return result(call_id, name, f"arguments must be a JSON object, got {kind}", error=True)
-        if tool.args_model is not None:
-            try:
-                validated = tool.args_model.model_validate(args)
-            except ValidationError as exc:
-                text = f"invalid arguments: {_validation_text(exc)}"
-                return result(call_id, name, text, error=True)
-            kwargs = {k: getattr(validated, k) for k in type(validated).model_fields}
-        else:
-            kwargs = dict(args)
+        kwargs, problem = bind_arguments(tool, function.get("arguments"))
+        if kwargs is None:
+            return result(call_id, name, problem or "invalid arguments", error=True)
         if tool.wants_message:
             kwargs[MESSAGE_PARAM] = message
         timeout = self.options.timeout
@@ -317,14 +329,20 @@ class ToolsAgent(Agent):
 
 
 def offered_tools(
-    spec: Any, tool_roles: Mapping[str, Mapping[str, Tool]], *, role: str
+    spec: Any,
+    tool_roles: Mapping[str, Mapping[str, Tool]],
+    *,
+    role: str,
+    providers: Mapping[str, Callable[[str], list[dict[str, Any]]]] | None = None,
 ) -> list[dict[str, Any]] | None:
     """Resolve an LLM role's `tools:` into OpenAI schemas.
 
     `spec` is a tool role's name (all its tools), or a list whose items are OpenAI schema
-    dicts (sent as given), tool role names, or tool names of any tool role. ValueError
-    names the unknown or ambiguous entry.
+    dicts (sent as given), tool role names, or tool names of any tool role. `providers`
+    are tool roles whose tools depend on the caller (an environment role: the tools of the
+    caller's side), by role name. ValueError names the unknown or ambiguous entry.
     """
+    providers = providers or {}
     if spec is None:
         return None
     items = [spec] if isinstance(spec, str) else list(spec)
@@ -337,6 +355,12 @@ def offered_tools(
         if item in tool_roles:
             out += [tool.schema for tool in tool_roles[item].values()]
             continue
+        if item in providers:
+            try:
+                out += providers[item](role)
+            except ValueError as exc:
+                raise ValueError(f"{where}: {exc}") from None
+            continue
         owners = [r for r, tools in tool_roles.items() if item in tools]
         if len(owners) == 1:
             out.append(tool_roles[owners[0]][item].schema)
@@ -346,7 +370,9 @@ def offered_tools(
                 "name the role instead"
             )
         else:
-            known = sorted({*tool_roles, *(n for tools in tool_roles.values() for n in tools)})
+            known = sorted(
+                {*tool_roles, *providers, *(n for tools in tool_roles.values() for n in tools)}
+            )
             raise ValueError(
                 f"{where}: {item!r} is neither a tool role nor a tool "
                 f"(known: {', '.join(known) or 'no `agent: tools` role'})"
@@ -358,8 +384,12 @@ def offered_tools(
     return out
 
 
-def resolve_offered_tools(agent_specs: Mapping[str, tuple[type[Agent], AgentOptions]]) -> list:
-    """Replace tool names in LLM roles' `tools:` by the schemas of the `agent: tools` roles.
+def resolve_offered_tools(
+    agent_specs: Mapping[str, tuple[type[Agent], AgentOptions]],
+    providers: Mapping[str, Callable[[str], list[dict[str, Any]]]] | None = None,
+) -> list:
+    """Replace tool names in LLM roles' `tools:` by the schemas of the `agent: tools` roles
+    (and of `providers`, see `offered_tools`).
 
     Called by the pipeline once its roles' options are validated (on the driver and in
     every worker). Returns (key path, message) errors for names that match nothing.
@@ -378,7 +408,7 @@ def resolve_offered_tools(agent_specs: Mapping[str, tuple[type[Agent], AgentOpti
         if not isinstance(options, LLMOptions) or options.tools is None:
             continue
         try:
-            options.tools = offered_tools(options.tools, tool_roles, role=role)
+            options.tools = offered_tools(options.tools, tool_roles, role=role, providers=providers)
         except ValueError as exc:
             text = str(exc)
             key, _, msg = text.partition(": ")

@@ -45,7 +45,7 @@ class LocalRuntime:
 
             server = serve_metrics(self.config.metrics_port, stats, lambda: self.in_flight)
         try:
-            async with pipeline.running_services(watch) as services:
+            async with pipeline.running_services(watch, stats=stats) as services:
                 agents = pipeline.agents(services)
                 for agent in agents.values():
                     await agent.setup()

@@ -106,7 +106,7 @@ class RayRuntime:
             # which the driver (health checks, the watch) and the actors use.
             async with (
                 services_on_cluster(pipeline.config, self.run_id) as config,
-                pipeline.running_services(watch, config.services),
+                pipeline.running_services(watch, config.services, stats),
             ):
                 if self.config.metrics_port is not None:
                     from peerflow.metrics import serve_metrics

@@ -6,6 +6,7 @@ only `call` them. `build_service` maps a config section to its class.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -47,13 +48,17 @@ def resolve_sim_script(options: dict[str, Any], base_dir: Path) -> dict[str, Any
     script = options.get("script")
     if not isinstance(script, str) or script in _BUILTIN_SCRIPTS:
         return options
+    function = ""
+    if re.search(r"\.py:\w+$", script):  # a Python script: `path/file.py:function`
+        script, _, name = script.rpartition(":")
+        function = ":" + name
     path = Path(script).expanduser()
     if path.is_absolute():
         return options
     candidate = (base_dir / path).resolve()
     if not candidate.is_file():
         return options
-    return {**options, "script": str(candidate)}
+    return {**options, "script": str(candidate) + function}
 
 
 def client_options(cfg: Any) -> dict[str, Any]:
@@ -145,5 +150,24 @@ def build_service(name: str, cfg: Any, *, host: str = "127.0.0.1") -> Service:
             replicas=cfg.replicas,
             host=host,
             **client_options(cfg),
+        )
+    if cfg.kind == "tool_env":
+        from peerflow.services.tool_env import ToolEnvService
+
+        # A relative domain folder was made absolute by `checks.tool_env_errors`.
+        return ToolEnvService(
+            name,
+            domain=cfg.domain,
+            servers=cfg.replicas,
+            max_envs=cfg.max_envs,
+            urls=list(cfg.urls),
+            lease_ttl=cfg.lease_ttl,
+            call_latency=cfg.call_latency,
+            call_cpu=cfg.call_cpu,
+            acquire_timeout=cfg.acquire_timeout,
+            timeout=cfg.timeout,
+            startup_timeout=cfg.startup_timeout,
+            registry=cfg.registry,
+            host=host,
         )
     raise ValueError(f"services.{name}.kind: unknown kind {cfg.kind!r}")

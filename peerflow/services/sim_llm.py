@@ -93,6 +93,7 @@ import contextlib
 import dataclasses
 import hashlib
 import heapq
+import importlib.util
 import json
 import math
 import random
@@ -1300,12 +1301,65 @@ def _rules(path: Path) -> Script:
     return script
 
 
+def _python_script(spec: str) -> Script:
+    """`path/file.py:function`: a Python test double, called with each request's body.
+
+    For a workflow whose replies depend on more than a rules file can say (a support
+    desk's scripted agent and customer). `function(request) -> str | dict` returns the
+    reply text, or `{"content": ..., "tool_calls": [{"name", "arguments"}]}`. It must be
+    deterministic for a given request (derive any randomness from its `seed` and
+    messages); token counts, timing and faults stay the simulator's.
+    """
+    file, _, name = spec.rpartition(":")
+    path = Path(file).expanduser().resolve()
+    if not path.is_file():
+        raise ValueError(f"--script: {file!r} is not a file")
+    module_name = (
+        "peerflow_sim_script_" + hashlib.blake2b(str(path).encode(), digest_size=6).hexdigest()
+    )
+    module_spec = importlib.util.spec_from_file_location(module_name, path)
+    assert module_spec is not None and module_spec.loader is not None
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[module_name] = module
+    module_spec.loader.exec_module(module)
+    fn = getattr(module, name, None)
+    if not callable(fn):
+        raise ValueError(f"--script: {path} has no function {name!r}")
+
+    def script(chat: _Chat, target: int, truncated: bool) -> Reply:
+        out = fn(chat.body)
+        if isinstance(out, str):
+            return Reply(out)
+        if not isinstance(out, dict):
+            raise TypeError(f"{spec} returned {type(out).__name__}; expected str or dict")
+        calls = None
+        if out.get("tool_calls"):
+            calls = []
+            for j, call in enumerate(out["tool_calls"]):
+                args = call.get("arguments", {})
+                if not isinstance(args, str):
+                    args = json.dumps(args, ensure_ascii=False)
+                cid = f"call_{_digest('call', chat.key, chat.turn, j, call['name']):016x}"
+                calls.append(
+                    {
+                        "id": cid,
+                        "type": "function",
+                        "function": {"name": call["name"], "arguments": args},
+                    }
+                )
+        return Reply(out.get("content"), calls)
+
+    return script
+
+
 def load_script(options: SimOptions) -> Script:
     """Resolve `--script` once at startup, so a bad rules file fails before serving."""
     if options.script == "lorem":
         return _lorem
     if options.script == "coral":
         return _coral(options.agree_after, options.seed)
+    if re.search(r"\.py:\w+$", options.script):
+        return _python_script(options.script)
     path = Path(options.script).expanduser()
     if not path.is_file():
         raise ValueError(f"--script: {options.script!r} is neither lorem, coral nor a file")
@@ -1781,7 +1835,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--script",
         default=d.script,
-        help="lorem, coral, or a YAML/JSON rules file: a list of {when: {role, system, last, "
+        help="lorem, coral, a Python test double `file.py:function` (called with each request "
+        "body, returns the reply text or {content, tool_calls}), "
+        "or a YAML/JSON rules file: a list of {when: {role, system, last, "
         "last_role, user, assistant, tool, turn, tools}, reply: text | {text, tool_calls: "
         "[{name, arguments}], json: object | schema}}; first match wins, else filler "
         "(see `python -m pydoc peerflow.services.sim_llm`)",
