@@ -1,4 +1,7 @@
-"""Managed LLM services on a Ray cluster: replicas placed by resources, found through a registry.
+"""Managed services on a Ray cluster: replicas placed by resources, found through a registry.
+
+LLM servers and tool-environment servers alike (a `tool_env` service's replicas are its
+environment servers; its clients follow the registry the same way).
 
 On the local runtime a managed service (`local_model`, `sim`, `command`) launches its servers
 as child processes on 127.0.0.1. On a cluster the servers must live where the accelerators
@@ -109,6 +112,7 @@ class Replica:
         delay = 1.0
         while True:
             svc: Any = build_service(self.service, cfg, host=host)
+            svc.supervise = False  # this replica restarts its server itself (below)
             try:
                 await svc.start()
             except Exception as exc:  # a server that would not start: say why, try later
@@ -123,6 +127,7 @@ class Replica:
             self.info.update(
                 state="ready",
                 error=None,
+                probe=getattr(svc, "probe_path", "/models"),
                 endpoint=endpoint,
                 pid=proc.pid,
                 log=str(svc.log_paths[0]),
@@ -194,7 +199,8 @@ class Registry:
     async def _probe(session: aiohttp.ClientSession, entry: dict[str, Any]) -> None:
         refused = False
         try:
-            async with session.get(entry["endpoint"] + "/models") as resp:
+            probe = (entry.get("info") or {}).get("probe", "/models")
+            async with session.get(entry["endpoint"] + probe) as resp:
                 await resp.read()
                 ok = resp.status < 500
         except aiohttp.ClientConnectorError:
@@ -266,7 +272,11 @@ async def services_on_cluster(config: RunConfig, run_id: str) -> AsyncIterator[R
     from peerflow.placement import actor_options
     from peerflow.services import build_service, client_options
 
-    managed = {name: cfg for name, cfg in config.services.items() if cfg.kind != "openai"}
+    managed = {
+        name: cfg
+        for name, cfg in config.services.items()
+        if cfg.kind != "openai" and not (cfg.kind == "tool_env" and cfg.urls)
+    }
     if not managed:
         yield config
         return
@@ -300,11 +310,15 @@ async def services_on_cluster(config: RunConfig, run_id: str) -> AsyncIterator[R
             *(_wait_healthy(registry, s, cfg, replicas[s]) for s, cfg in managed.items())
         )
         clients = {
-            service: OpenAIServiceConfig(
-                kind="openai",
-                model=build_service(service, cfg).model,  # type: ignore[attr-defined]
-                registry=name,
-                **client_options(cfg),
+            service: (
+                cfg.model_copy(update={"registry": name})
+                if cfg.kind == "tool_env"
+                else OpenAIServiceConfig(
+                    kind="openai",
+                    model=build_service(service, cfg).model,  # type: ignore[attr-defined]
+                    registry=name,
+                    **client_options(cfg),
+                )
             )
             for service, cfg in managed.items()
         }

@@ -4,7 +4,7 @@ Each task holds one environment (`peerflow.envs.server`) from its first step to 
 The pool is `servers` processes this service launches (or `urls` of servers someone
 else runs), each holding at most `max_envs` environments:
 
-- `acquire` tries the servers in turn from a place derived from the task id; when all
+- `acquire` tries the servers in turn, round robin from the last one used; when all
   are full it waits with back-off and tries again, until `acquire_timeout`. A full pool
   slows tasks down; it never fails them.
 - A handle `{url, id, boot}` names the server that holds the environment, so any process
@@ -33,7 +33,6 @@ import sys
 import tempfile
 import time
 import weakref
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +56,9 @@ class EnvironmentLost(ServiceError):
 
 class ToolEnvService:
     """See the module docstring. `call` is not used: agents call the methods below."""
+
+    probe_path = "/health"  # what the Ray registry probes
+    supervise = True  # replace a launched server that dies (a Ray replica does it instead)
 
     def __init__(
         self,
@@ -101,6 +103,7 @@ class ToolEnvService:
         self._supervisor: asyncio.Task[None] | None = None
         self._finalizer: weakref.finalize | None = None
         self._refresh_interval = 0.5
+        self._turn = random.randrange(1 << 16)
 
     # --- lifecycle -------------------------------------------------------
     @property
@@ -134,7 +137,8 @@ class ToolEnvService:
         except BaseException:
             await self.stop()
             raise
-        self._supervisor = asyncio.ensure_future(self._supervise())
+        if self.supervise:
+            self._supervisor = asyncio.ensure_future(self._supervise())
 
     def command(self, port: int) -> list[str]:
         cmd = [sys.executable, "-m", "peerflow.envs.server", "--domain", self.domain]
@@ -297,7 +301,8 @@ class ToolEnvService:
         session = self._live_session()
         deadline = time.monotonic() + self.acquire_timeout
         delay = 0.02
-        start = zlib.crc32(task_id.encode())
+        self._turn += 1  # round robin: spreads each client's tasks over the servers
+        start = self._turn
         last = "no server answered"
         while True:
             urls = list(self.endpoints)
