@@ -96,6 +96,9 @@ ENDINGS = textwrap.dedent(
                 return {"tool_calls": [{"name": "pay", "arguments": {"account_id": 7}}]}
             if "bye" in first:
                 return "Goodbye. ###STOP###"
+            if first == "stop" and messages[-1]["role"] == "user":  # text and a call at once
+                call = {"name": "find_account", "arguments": {"phone": "555-0101"}}
+                return {"content": "Let me check.", "tool_calls": [call]}
             return "Anything else?"
         reason = messages[0]["content"].split("# Reason for your call\\n")[1].split("\\n")[0]
         if len(messages) <= 2:
@@ -137,6 +140,9 @@ def test_every_ending_is_a_termination_reason_and_abnormal_ones_score_zero(tmp_p
         normal = reasons[key] not in ("max_steps", "too_many_errors")
         assert scored["reward"] == (1.0 if normal else 0.0), key
     assert got["loop"]["metrics"]["llm_calls"] == 12
+    both = next(s for s in got["stop"]["history"] if s.get("tool_calls"))
+    assert both.get("content") is None  # a message has text or tool calls, not both
+    assert both["data"]["text_with_tool_calls"] == "Let me check."
     assert got["errors"]["metrics"]["tool_errors"] == 4
 
 

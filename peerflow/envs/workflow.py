@@ -13,6 +13,9 @@ saying how, on:
 - `max_steps`: `max_llm_calls` LLM turns (both sides, tool-calling turns included);
 - `too_many_errors`: `max_tool_errors` failed tool calls.
 
+A message has text or tool calls, never both: a reply with both keeps its calls, and its
+text moves to the step's `data.text_with_tool_calls`.
+
 Every ending goes to the reward role, which scores it (0 for the last two) and releases
 the environment; the task then ends `ok` with its termination as `reason`. A failed step
 (an LLM server that stays down, a lost environment) fails the task as in any workflow.
@@ -105,6 +108,11 @@ class DualControl(Workflow):
                 else:
                     nxt = caller
         elif last.role in (self.assistant, self.user):
+            if last.tool_calls and last.content:
+                # A message has text or tool calls, not both: the calls act, and the text
+                # (which the other side would never see) is kept aside in the step's data.
+                last.data = {**(last.data or {}), "text_with_tool_calls": last.content}
+                last.content = None
             if not (last.data and last.data.get("opening")):
                 route["llm_calls"] = route.get("llm_calls", 0) + 1
             nxt = self._after_turn(message, last)
