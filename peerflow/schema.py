@@ -37,6 +37,17 @@ DESCRIPTIONS: dict[tuple[str, str], str] = {
     "turns as `assistant` messages, the others' as `user` messages (the same as "
     "`view.include`).",
     ("LLMOptions", "include_task"): "Start the chat with the task's first message.",
+    ("LLMOptions", "opening"): "Jinja template of the role's first turn, said without a model "
+    "call (a support agent's fixed greeting).",
+    ("EnvironmentOptions", "service"): "The `kind: tool_env` service whose environments this "
+    "role acquires (one per task, at its first step) and runs every tool call on.",
+    ("EnvironmentOptions", "sides"): "LLM role -> the side (`assistant` or `user`) whose tools "
+    "it is offered (`tools: <this role>`) and whose calls it makes.",
+    ("RewardOptions", "service"): "The `kind: tool_env` service that scores the conversation "
+    "(by replaying its tool calls) and holds the environment it releases.",
+    ("RewardOptions", "assistant"): "Roles whose texts count as what the assistant communicated.",
+    ("RewardOptions", "sides"): "LLM role -> its side (`assistant` or `user`), to replay each "
+    "tool call as the side that made it.",
     ("LLMOptions", "sampling"): "Sampling parameters sent with each request (`temperature`, "
     "`max_tokens`, ...); unknown keys are errors, with a suggestion.",
     ("LLMOptions", "extra_body"): "Request fields beyond the known sampling keys, merged into "

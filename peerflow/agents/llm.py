@@ -332,7 +332,7 @@ class LLMAgent(Agent):
                 content = "ERROR: no result was recorded for this tool call"
             else:
                 content = str(res.get("content") or "")
-                if res.get("is_error") and not content.startswith("ERROR"):
+                if res.get("is_error") and content[:5].upper() != "ERROR":
                     content = f"ERROR: {content}"
             chat.append({"role": "tool", "tool_call_id": call_id, "content": content})
 

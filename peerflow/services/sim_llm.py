@@ -95,6 +95,7 @@ import hashlib
 import heapq
 import importlib.util
 import json
+import logging
 import math
 import random
 import re
@@ -688,6 +689,8 @@ class Reply:
 
 
 # A script turns a chat and its sampled length into (reply text, completion tokens) or a Reply.
+log = logging.getLogger(__name__)
+
 Script = Callable[[_Chat, int, bool], "tuple[str, int] | Reply"]
 
 
@@ -1301,6 +1304,10 @@ def _rules(path: Path) -> Script:
     return script
 
 
+class ScriptError(Exception):
+    """A Python script raised: the request gets a 500 that says so (and the log, why)."""
+
+
 def _python_script(spec: str) -> Script:
     """`path/file.py:function`: a Python test double, called with each request's body.
 
@@ -1327,7 +1334,11 @@ def _python_script(spec: str) -> Script:
         raise ValueError(f"--script: {path} has no function {name!r}")
 
     def script(chat: _Chat, target: int, truncated: bool) -> Reply:
-        out = fn(chat.body)
+        try:
+            out = fn(chat.body)
+        except Exception as exc:
+            log.exception("script %s failed on a request", spec)
+            raise ScriptError(f"script {spec} raised {type(exc).__name__}: {exc}") from exc
         if isinstance(out, str):
             return Reply(out)
         if not isinstance(out, dict):
@@ -1598,6 +1609,7 @@ class SimLLMServer:
             "rate_limited_injected": 0,
             "garbage_injected": 0,
             "invalid_json_injected": 0,
+            "script_errors": 0,
             "prompt_tokens": 0,
             "completion_tokens": 0,
         }
@@ -1728,7 +1740,11 @@ class SimLLMServer:
         sampled = chat.rng.lognormvariate(math.log(o.output_median), o.output_sigma)
         chat.sampled = round(sampled)
         target = max(1, min(chat.max_tokens, chat.sampled))
-        out = self.script(chat, target, target == chat.max_tokens)
+        try:
+            out = self.script(chat, target, target == chat.max_tokens)
+        except ScriptError as exc:
+            self.counters["script_errors"] += 1
+            return _error(500, f"peerflow-simulator: {exc}", "server_error")
         invalid = self._invalid(chat, out)
         reply, tokens, finish = _settle(out if invalid is None else invalid, chat.max_tokens)
         await self.engine.submit(chat.prompt_tokens, tokens)
