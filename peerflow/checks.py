@@ -9,6 +9,7 @@ check returns `(key path, message)` pairs; the pipeline turns them into one
 from __future__ import annotations
 
 import difflib
+import hashlib
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -202,6 +203,9 @@ def tool_env_errors(config: RunConfig) -> Errors:
         from peerflow.envs.domain import DomainError, load_domain
 
         svc.domain = str(config.resolve(svc.domain))
+        if svc.owner is None:  # one name per output: a re-run finds what a killed run left
+            out = str(config.resolve(config.output.path).resolve())
+            svc.owner = "run-" + hashlib.blake2b(out.encode(), digest_size=8).hexdigest()
         try:
             load_domain(svc.domain)
         except DomainError as exc:

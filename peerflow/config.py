@@ -269,6 +269,11 @@ class ToolEnvServiceConfig(Strict):
         default=None,
         description="Ray only, set by peerflow: the registry whose healthy replicas are used.",
     )
+    owner: str | None = Field(
+        default=None,
+        description="Set by peerflow from the output path: the run whose leftover "
+        "environments its end, or the next run's start, releases at once.",
+    )
 
 
 ServiceConfig = Annotated[

@@ -189,6 +189,9 @@ class Pipeline:
             for service in services.values():
                 await service.start()
                 started.append(service)
+                if stats is not None and hasattr(service, "release_owner"):
+                    # The driver, before any task: what a killed run on this output left.
+                    service.reclaimed_at_start = await service.release_owner()
             if watch is not None and services:
                 services = watch.wrap_all(services)
                 await watch.check_health()

@@ -45,8 +45,8 @@ EXIT_CODES = {
 }
 
 SIMULATOR_NOTE = (
-    "SIMULATED LLM (peerflow sim-llm): replies are filler text from a timing "
-    "simulator, not model output"
+    "SIMULATED LLM (peerflow sim-llm): replies are filler text or a script's, from a "
+    "timing simulator, not model output"
 )
 
 

@@ -284,3 +284,34 @@ def test_on_ray_env_servers_are_cluster_replicas(tmp_path, runtime):
     summary = json.loads((desk / "out" / "desk.jsonl.summary.json").read_text())
     envs = summary["environments"]["desk"]
     assert envs["acquired"] == 10 and envs["live"] == 0 and envs["servers"] == 2
+
+
+def test_a_killed_runs_environments_are_reclaimed_by_the_next_run(tmp_path):
+    desk = setup_desk(tmp_path)
+    service, thread = serve(tmp_path, servers=1, max_envs=64)
+    try:
+        out = tmp_path / "killed.jsonl"
+        config = faulty_config(desk, list(service.endpoints), out)
+        slow = ["services.llm.options.error_rate=0", "services.llm.options.step_base_ms=40"]
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "peerflow.cli", "run", str(config), "--no-progress", *slow],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and stats(service)[0]["live"] < 5:
+            time.sleep(0.05)
+        proc.kill()  # SIGKILL: no release, no cleanup of any kind
+        proc.wait(10)
+        left = stats(service)[0]["live"]
+        assert left >= 5  # held by the killed run's tasks (until their lease ends)
+        rerun = run(config, "services.llm.options.error_rate=0")
+        assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+        summary = json.loads(out.with_name(out.name + ".summary.json").read_text())
+        envs = summary["environments"]["desk"]
+        assert envs["reclaimed_at_start"] == left and envs["live"] == 0
+        assert stats(service)[0]["live"] == 0
+        got = [r["id"] for r in records(out)]
+        assert len(got) == len(set(got)) == 60
+    finally:
+        stop(service, thread)

@@ -284,3 +284,21 @@ async def test_an_idle_environment_is_reclaimed_after_its_lease():
             await service.call_tool(handle, "user", "check_phone", {})
     finally:
         await service.stop()
+
+
+async def test_a_runs_leftover_environments_are_released_at_once_by_owner():
+    service = ToolEnvService("desk", domain=str(MINI), servers=2, owner="run-a")
+    await service.start()
+    other = ToolEnvService("desk", domain=str(MINI), urls=service.endpoints, owner="run-b")
+    await other.start()
+    try:
+        task = tasks()["t-air"]
+        for i in range(3):
+            await service.acquire(task, f"a{i}")
+        kept = await other.acquire(task, "b0")
+        assert await service.release_owner() == 3
+        assert sum(s["live"] for s in await service.server_stats()) == 1
+        assert not (await other.call_tool(kept, "user", "check_phone", {}))["is_error"]
+    finally:
+        await other.stop()
+        await service.stop()

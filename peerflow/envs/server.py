@@ -8,8 +8,10 @@ killed before it could release leaks nothing for long.
 
 Endpoints (JSON bodies):
 
-- `POST /envs` `{task, task_id}`: a fresh environment with the task's initial actions
-  run -> `{id, boot}`; 400 if an initial action fails, 503 at the cap.
+- `POST /envs` `{task, task_id, owner}`: a fresh environment with the task's initial
+  actions run -> `{id, boot}`; 400 if an initial action fails, 503 at the cap. `owner`
+  names the run (its output), so that `DELETE /envs?owner=...` can release at once what
+  a run, or a killed one before it, left.
 - `POST /envs/{id}/call` `{side, name, arguments}` -> `{content, is_error}`; 404 for an
   environment this server does not hold (released, expired, or the server restarted).
 - `POST /reward` `{task, calls, assistant_messages, termination, env?}` -> the reward
@@ -40,10 +42,10 @@ __all__ = ["EnvServer", "main"]
 
 
 class _Held:
-    __slots__ = ("env", "task", "task_id", "used")
+    __slots__ = ("env", "owner", "task", "task_id", "used")
 
-    def __init__(self, env: Environment, task: dict[str, Any], task_id: str):
-        self.env, self.task, self.task_id = env, task, task_id
+    def __init__(self, env: Environment, task: dict[str, Any], task_id: str, owner: str):
+        self.env, self.task, self.task_id, self.owner = env, task, task_id, owner
         self.used = time.monotonic()
 
 
@@ -89,6 +91,7 @@ class EnvServer:
         app.router.add_post("/envs", self.acquire)
         app.router.add_post("/envs/{id}/call", self.call)
         app.router.add_delete("/envs/{id}", self.release)
+        app.router.add_delete("/envs", self.release_owner)
         app.router.add_post("/reward", self.reward)
         app.router.add_get("/tools", self.tools)
         app.router.add_get("/policy", self.policy)
@@ -127,7 +130,8 @@ class EnvServer:
         except DomainError as exc:
             return _error(400, str(exc))
         env_id = f"{self.boot}-{next(self._ids)}"
-        self.envs[env_id] = _Held(env, task, str(body.get("task_id") or task.get("id") or ""))
+        task_id = str(body.get("task_id") or task.get("id") or "")
+        self.envs[env_id] = _Held(env, task, task_id, str(body.get("owner") or ""))
         self.counters["acquired"] += 1
         self.counters["peak"] = max(self.counters["peak"], len(self.envs))
         return web.json_response({"id": env_id, "boot": self.boot})
@@ -148,6 +152,16 @@ class EnvServer:
         self.counters["calls"] += 1
         self.counters["call_errors"] += outcome.is_error
         return web.json_response({"content": outcome.content, "is_error": outcome.is_error})
+
+    async def release_owner(self, request: web.Request) -> web.Response:
+        owner = request.query.get("owner")
+        if not owner:
+            return _error(400, "give ?owner=")
+        mine = [k for k, h in self.envs.items() if h.owner == owner]
+        for env_id in mine:
+            del self.envs[env_id]
+        self.counters["released"] += len(mine)
+        return web.json_response({"released": len(mine)})
 
     async def release(self, request: web.Request) -> web.Response:
         held = self.envs.pop(request.match_info["id"], None)

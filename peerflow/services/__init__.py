@@ -168,6 +168,7 @@ def build_service(name: str, cfg: Any, *, host: str = "127.0.0.1") -> Service:
             timeout=cfg.timeout,
             startup_timeout=cfg.startup_timeout,
             registry=cfg.registry,
+            owner=cfg.owner,
             host=host,
         )
     raise ValueError(f"services.{name}.kind: unknown kind {cfg.kind!r}")

@@ -76,6 +76,7 @@ class ToolEnvService:
         startup_timeout: float = 60.0,
         max_connections: int = 1000,
         registry: str | None = None,
+        owner: str | None = None,
         host: str = "127.0.0.1",
     ):
         self.name = name
@@ -92,6 +93,8 @@ class ToolEnvService:
         self.max_connections = max_connections
         self.host = host
         self.registry = registry  # Ray: the servers are cluster replicas it knows
+        self.owner = owner or ""  # the run (its output): what a run's end releases at once
+        self.reclaimed_at_start = 0
         self.endpoints: list[str] = list(self.urls)
         self.processes: list[subprocess.Popen[bytes]] = []
         self.ports: list[int] = []
@@ -244,6 +247,8 @@ class ToolEnvService:
         self.held = {k: u for k, u in self.held.items() if k not in _released}
         leftover = len(self.held)
         await self._release_held()
+        # Environments of this run that no task released (a process killed mid-task).
+        reclaimed = await self.release_owner()
         found = [s for s in await self.server_stats() if s is not None]
         totals = {
             key: sum(int(s.get(key, 0)) for s in found)
@@ -256,6 +261,8 @@ class ToolEnvService:
             "peak_per_server": max((int(s.get("peak", 0)) for s in found), default=0),
             "server_restarts": self.restarts,
             "released_at_stop": leftover,
+            "reclaimed_at_end": reclaimed,
+            "reclaimed_at_start": self.reclaimed_at_start,
         }
 
     async def _release_held(self) -> None:
@@ -310,7 +317,7 @@ class ToolEnvService:
                 url = urls[(start + k) % len(urls)]
                 try:
                     async with session.post(
-                        url + "/envs", json={"task": task, "task_id": task_id}
+                        url + "/envs", json={"task": task, "task_id": task_id, "owner": self.owner}
                     ) as resp:
                         body = await resp.json(content_type=None)
                         if resp.status == 200:
@@ -392,6 +399,23 @@ class ToolEnvService:
         """Give the environment back; False if the server no longer had it."""
         self.held.pop(handle["id"], None)
         return await self._delete(handle["url"], handle["id"])
+
+    async def release_owner(self) -> int:
+        """Release every environment of this run's owner on every server: at the end of a
+        run (what crashed processes left), and at its start (what a killed run left)."""
+        if not self.owner:
+            return 0
+
+        async def one(url: str) -> int:
+            try:
+                session = self._live_session()
+                async with session.delete(url + "/envs", params={"owner": self.owner}) as resp:
+                    data = await resp.json(content_type=None)
+                    return int(data.get("released", 0)) if resp.status == 200 else 0
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError):
+                return 0
+
+        return sum(await asyncio.gather(*(one(u) for u in self.endpoints)))
 
     async def _delete(self, url: str, env_id: str) -> bool:
         try:
