@@ -315,3 +315,38 @@ def test_a_killed_runs_environments_are_reclaimed_by_the_next_run(tmp_path):
         assert len(got) == len(set(got)) == 60
     finally:
         stop(service, thread)
+
+
+@pytest.mark.parametrize("runtime", ["ray"], indirect=True)
+async def test_on_ray_killed_actors_and_env_replicas_lose_no_task_and_leak_nothing(
+    tmp_path, runtime
+):
+    """Role actors and the env server replicas are killed in turn while conversations run:
+    every task still ends in exactly one record, and no environment is left live."""
+    from peerflow.config import load_config
+    from peerflow.run import run_async
+    from peerflow.testing import killing_actors
+
+    desk = setup_desk(tmp_path)
+    overrides = [
+        "runtime.kind=ray",
+        "runtime.max_in_flight=24",
+        "services.desk.replicas=2",
+        "services.llm.options.time_scale=1",
+        "services.llm.options.step_base_ms=15",
+        "task.trials=30",
+    ]
+    config = load_config(desk / "desk.yaml", overrides)
+    async with killing_actors(["-r:", "-desk-"], every=1.0, first=1.5) as killed:
+        summary = await asyncio.wait_for(run_async(config, progress=False), 240)
+    assert "-desk-" in killed and "-r:" in killed, killed
+    got = records(desk / "out" / "desk.jsonl")
+    ids = [r["id"] for r in got]
+    assert len(ids) == len(set(ids)) == 60
+    lost = [r for r in got if r["status"] == "error"]
+    for record in lost:  # only tasks whose environment died with its server
+        assert "environment" in record["error"]["message"], record["error"]
+    assert len(lost) < 60
+    envs = summary["environments"]["desk"]
+    print(f"killed {killed}; {len(lost)} tasks lost their environment; environments {envs}")
+    assert envs["live"] == 0, envs
