@@ -193,12 +193,16 @@ def environment_tools(
         if not isinstance(options, EnvironmentOptions):
             continue
         svc = config.services.get(options.service)
-        if svc is None or svc.kind != "tool_env":
+        if svc is None:
+            continue  # reported as roles.<role>.service
+        if svc.kind != "tool_env":
+            offered[role] = _not_an_environment(role, options.service)
             continue
         try:
             domain = load_domain(svc.domain)
         except DomainError:
-            continue  # reported as services.<name>.domain
+            offered[role] = lambda caller: []  # reported as services.<name>.domain
+            continue
 
         def tools_for(caller: str, domain: Any = domain, options: Any = options, role=role):
             side = options.sides.get(caller)
@@ -211,3 +215,13 @@ def environment_tools(
 
         offered[role] = tools_for
     return offered
+
+
+def _not_an_environment(role: str, service: str) -> Callable[[str], list[dict[str, Any]]]:
+    def fail(caller: str) -> list[dict[str, Any]]:
+        raise ValueError(
+            f"the environment role {role!r} uses service {service!r}, which is not a tool "
+            "environment (`kind: tool_env`)"
+        )
+
+    return fail

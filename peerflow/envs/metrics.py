@@ -14,7 +14,8 @@ __all__ = ["conversation"]
 
 
 def conversation(message: Message) -> dict[str, float]:
-    """`reward`, `reward_<component>`, `llm_calls`, `tool_calls`, `tool_errors`, tokens."""
+    """`reward`, `reward_<component>`, `steps`, `llm_calls`, `tool_calls`, `tool_errors`,
+    tokens."""
     out: dict[str, float] = {}
     llm = tools = errors = prompt = completion = 0
     scored: dict[str, Any] | None = None
@@ -34,6 +35,7 @@ def conversation(message: Message) -> dict[str, float]:
         for name, value in (scored.get("components") or {}).items():
             out[f"reward_{name.lower()}"] = float(value)
     out.update(
+        steps=sum(1 for step in message.history if step.role != "task"),
         llm_calls=llm,
         tool_calls=tools,
         tool_errors=errors,
