@@ -302,3 +302,21 @@ async def test_a_runs_leftover_environments_are_released_at_once_by_owner():
     finally:
         await other.stop()
         await service.stop()
+
+
+async def test_a_bug_in_the_domains_code_is_an_error_that_names_it(tmp_path):
+    folder = copy_domain(tmp_path)
+    code = (folder / "tools.py").read_text()
+    code += "\n\n@assertions.tool\ndef broken(env) -> bool:\n    return 1 / 0\n"
+    (folder / "tools.py").write_text(code)
+    service = ToolEnvService("desk", domain=str(folder), servers=1)
+    await service.start()
+    try:
+        task = json.loads(json.dumps(tasks()["t-air"]))
+        task["evaluation_criteria"]["env_assertions"] = [{"func_name": "broken"}]
+        payload = {"task": task, "calls": [], "assistant_messages": [], "termination": "user_stop"}
+        with pytest.raises(ServiceError, match="domain's code raised ZeroDivisionError"):
+            await service.reward(payload, None)
+        assert await service.health()  # the server is still serving
+    finally:
+        await service.stop()

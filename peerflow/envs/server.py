@@ -87,7 +87,7 @@ class EnvServer:
         }
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[_domain_bugs])
         app.router.add_post("/envs", self.acquire)
         app.router.add_post("/envs/{id}/call", self.call)
         app.router.add_delete("/envs/{id}", self.release)
@@ -216,6 +216,17 @@ class EnvServer:
         else:
             why = "it was released, or expired after its lease"
         return _error(404, f"no environment {env_id!r} here: {why}", lost=True)
+
+
+@web.middleware
+async def _domain_bugs(request: web.Request, handler: Any) -> web.StreamResponse:
+    """A bug in the domain's code (`sync`, an assertion) answers 500 saying what raised."""
+    try:
+        return await handler(request)
+    except web.HTTPException:
+        raise
+    except Exception as exc:
+        return _error(500, f"the domain's code raised {type(exc).__name__}: {exc}")
 
 
 async def _json(request: web.Request) -> dict[str, Any]:

@@ -388,7 +388,7 @@ class ToolEnvService:
                         return data
                     if resp.status == 400:
                         raise ServiceError(f"reward: {data.get('error')}", status=400)
-                    last = f"{url}: {resp.status}"
+                    last = f"{url}: {resp.status} {data.get('error', '')}".strip()
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as exc:
                 last = f"{url}: {type(exc).__name__}: {exc}"
         raise ServiceError(
