@@ -15,6 +15,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -75,6 +76,25 @@ def pool_specs(time_scale: float, small: int, big: int) -> list[PoolSpec]:
     ]
 
 
+def _drain(proc: subprocess.Popen[str]) -> None:
+    """Keep reading a simulator's output after start-up, to its log file.
+
+    A pipe nobody reads fills at 64 KB, and a replica that then logs (thousands of
+    connections reset when a design is killed) blocks its event loop on the write for good.
+    """
+    log = Path(tempfile.gettempdir()) / f"peerflow-bench-sim-{proc.pid}.log"
+
+    def copy(stream: Any) -> None:
+        with log.open("a") as f:
+            for line in iter(stream.readline, ""):
+                f.write(line)
+                f.flush()
+
+    for stream in (proc.stdout, proc.stderr):
+        if stream is not None:
+            threading.Thread(target=copy, args=(stream,), daemon=True).start()
+
+
 class Pools:
     """Simulator processes, started once for the whole benchmark and stopped at its end."""
 
@@ -100,6 +120,7 @@ class Pools:
                     err = proc.stderr.read() if proc.stderr else ""
                     self.stop()
                     raise RuntimeError(f"simulator did not start: {line}{err}")
+                _drain(proc)
                 url = line.strip().rsplit(" ", 1)[-1]
                 urls.append(url)
                 self.replicas.append((spec.name, url.split("//", 1)[1].split("/", 1)[0]))

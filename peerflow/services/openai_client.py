@@ -226,8 +226,8 @@ class OpenAIService:
             headers["Authorization"] = "Bearer " + key
         self._headers = headers
         connector = aiohttp.TCPConnector(
-            limit=self.max_connections,
-            limit_per_host=0,
+            limit=0,  # the cap is per endpoint: more replicas, more requests in flight
+            limit_per_host=self.max_connections,
             ttl_dns_cache=300,
             keepalive_timeout=60,
         )

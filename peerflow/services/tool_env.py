@@ -74,7 +74,7 @@ class ToolEnvService:
         acquire_timeout: float = 600.0,
         timeout: float = 120.0,
         startup_timeout: float = 60.0,
-        max_connections: int = 1000,
+        max_connections: int = 1024,
         registry: str | None = None,
         owner: str | None = None,
         host: str = "127.0.0.1",
@@ -118,7 +118,7 @@ class ToolEnvService:
             return
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=self.timeout, connect=10.0),
-            connector=aiohttp.TCPConnector(limit=self.max_connections),
+            connector=aiohttp.TCPConnector(limit=0, limit_per_host=self.max_connections),
         )
         if self.registry is not None:
             await self._refresh()

@@ -1,0 +1,184 @@
+"""The support-desk benchmark's designs do the same work: same requests, same rewards.
+
+Real processes and real HTTP: a simulator, an env server, `peerflow run`, the thread-pool
+runner, and a recording proxy in front of the simulator that keeps every request body.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from desk_bench import peerflow_side  # noqa: E402
+from desk_bench.baseline import Runner  # noqa: E402
+from desk_bench.sweep import read_records  # noqa: E402
+from desk_bench.workload import MINI, SUPPORT, expand_tasks, load_workload, read_tasks  # noqa: E402
+
+SUPPORT_CONFIG = SUPPORT / "support_desk_sim.yaml"
+
+
+class Recorder:
+    """An HTTP proxy to one simulator that records each chat request's JSON body."""
+
+    def __init__(self, target: str):
+        self.target = target.rstrip("/")
+        self.bodies: list[dict] = []
+        lock = threading.Lock()
+        rec = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                raw = self.rfile.read(int(self.headers["Content-Length"]))
+                with lock:
+                    rec.bodies.append(json.loads(raw))
+                req = urllib.request.Request(
+                    rec.target + self.path.removeprefix("/v1"),
+                    data=raw,
+                    headers={"Content-Type": "application/json"},
+                )
+                with urllib.request.urlopen(req, timeout=60) as resp:
+                    out = resp.read()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(out)))
+                self.end_headers()
+                self.wfile.write(out)
+
+            def do_GET(self) -> None:  # health probes: /v1/models
+                url = rec.target + self.path.removeprefix("/v1")
+                with urllib.request.urlopen(url, timeout=10) as resp:
+                    out = resp.read()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(out)))
+                self.end_headers()
+                self.wfile.write(out)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def sim(request):
+    script = request.param
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "peerflow.services.sim_llm",
+            "--port",
+            "0",
+            "--script",
+            script,
+            "--time-scale",
+            "0",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
+    line = proc.stdout.readline()
+    assert "listening on" in line, proc.stderr.read()
+    yield line.strip().rsplit(" ", 1)[-1]
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def _canon(body: dict) -> str:
+    return json.dumps(body, sort_keys=True)
+
+
+@pytest.mark.parametrize(
+    "sim", [str(SUPPORT / "sim_agent.py") + ":reply"], indirect=True, ids=["support_desk"]
+)
+def test_both_designs_send_identical_requests_and_get_equal_rewards(sim, tmp_path):
+    if not SUPPORT_CONFIG.is_file():
+        pytest.skip("examples/support_desk is not there yet")
+    w = load_workload(SUPPORT_CONFIG)
+    base = read_tasks(w.tasks_path)
+    tasks = tmp_path / "tasks.jsonl"
+    expand_tasks(w.tasks_path, tasks, min(len(base), 12))
+    rec = Recorder(sim)
+    envs = peerflow_side.EnvServers(w.domain_path, 1, 64, 0.0, 0.0, tmp_path / "envs")
+    try:
+        # peerflow, as the sweep runs it: `peerflow run` against the proxy and env server.
+        envs.start()
+        out = tmp_path / "peerflow.jsonl"
+        over = peerflow_side.overrides(w, tasks, out, [rec.url], envs.urls, 4)
+        proc = peerflow_side.launch(w, over, tmp_path / "peerflow.log")
+        assert proc.wait(timeout=120) == 0, (tmp_path / "peerflow.log").read_text()[-2000:]
+        from_peerflow = rec.bodies[:]
+        rec.bodies.clear()
+        # The thread pool, on the same tasks.
+        runner = Runner(w, [rec.url], out=tmp_path / "threadpool.jsonl")
+        assert runner.run_all(read_tasks(tasks), 4) == len(read_tasks(tasks))
+        from_threads = rec.bodies[:]
+    finally:
+        envs.stop()
+        rec.close()
+    assert from_peerflow, "peerflow sent no request"
+    assert Counter(map(_canon, from_threads)) == Counter(map(_canon, from_peerflow))
+    assert {b["seed"] for b in from_threads} == {b["seed"] for b in from_peerflow}
+    a = {r["id"]: r for r in read_records(tmp_path / "threadpool.jsonl")}
+    b = {r["id"]: r for r in read_records(out)}
+    assert set(a) == set(b) and len(a) == 12
+    for i in a:
+        assert (a[i]["reward"], a[i]["termination"], a[i]["llm_calls"], a[i]["tool_calls"]) == (
+            b[i]["reward"],
+            b[i]["termination"],
+            b[i]["llm_calls"],
+            b[i]["tool_calls"],
+        ), i
+    # The sample is not trivial: some conversation failed a tool call, some reward is 0.
+    assert any(r["tool_calls"] for r in a.values())
+    assert len({r["reward"] for r in a.values()}) > 1
+
+
+def test_tiny_sweep_point_runs_both_designs(tmp_path):
+    import bench_desk_threadpool as bench
+
+    t0 = time.monotonic()
+    rows = bench.main(
+        [
+            "--config",
+            str(MINI / "desk.yaml"),
+            "--quick",
+            "--concurrency",
+            "6",
+            "--warmup",
+            "1",
+            "--window",
+            "3",
+            "--no-plot",
+            "--keep",
+            str(tmp_path / "work"),
+        ]
+    )
+    assert [r["design"] for r in rows] == ["threadpool", "peerflow"]
+    for r in rows:
+        assert r["trajectories_window"] > 0 and r["tokens_per_s"] > 0
+        assert r["mean_reward"] == 1.0  # the mini desk's script solves every task
+        assert r["peak_in_flight"] <= 6
+    assert rows[0]["peak_threads"] >= 6  # a thread per conversation
+    assert time.monotonic() - t0 < 60
