@@ -263,6 +263,20 @@ def test_check_names_a_broken_domain_and_a_role_that_is_no_side(tmp_path):
     text = proc.stderr + proc.stdout
     assert proc.returncode != 0 and "roles.critic.tools" in text
     assert "not a side of the environment role 'env'" in text
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "peerflow.cli",
+            "check",
+            str(desk / "desk.yaml"),
+            'roles.assistant.system={% include "rules.md" %}',
+        ],
+        capture_output=True,
+        text=True,
+    )
+    text = proc.stderr + proc.stdout
+    assert proc.returncode != 0 and "roles.assistant.system: includes 'rules.md'" in text
 
 
 @pytest.mark.parametrize("runtime", ["ray"], indirect=True)

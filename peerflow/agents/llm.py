@@ -193,11 +193,29 @@ def compile_template(source: str | None, where: str) -> jinja2.Template | None:
     if source is None:
         return None
     try:
-        return _env.from_string(source)
+        template = _env.from_string(source)
+        names = jinja2.meta.find_referenced_templates(_env.parse(source))
     except jinja2.TemplateSyntaxError as exc:
         raise ValueError(
             f"{where}: template syntax error on line {exc.lineno}: {exc.message}"
         ) from None
+    for name in names:  # an include that would fail every request fails the config now
+        if name is None:
+            continue  # a computed name: checked when it renders
+        try:
+            _env.get_template(name)
+        except jinja2.TemplateNotFound:
+            folders = ", ".join(_loader.searchpath) or "none"
+            raise ValueError(
+                f"{where}: includes {name!r}, which is no file of the config's folder "
+                f"(looked in: {folders})"
+            ) from None
+        except jinja2.TemplateSyntaxError as exc:
+            raise ValueError(
+                f"{where}: included {name!r}: template syntax error on line {exc.lineno}: "
+                f"{exc.message}"
+            ) from None
+    return template
 
 
 class LLMAgent(Agent):
