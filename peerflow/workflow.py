@@ -78,14 +78,7 @@ class Workflow:
         message.hops += 1
         last = message.history[-1]
         if not last.ok:
-            message.fail(
-                "agent",
-                last.error or "step failed",
-                transient=last.transient,
-                status=last.http_status,
-                attempts=last.attempts,
-                role=last.role,
-            )
+            fail_with_step(message, last)
             return None
         if last.tool_results and self._tool_errors(message, last):
             return None
@@ -159,6 +152,18 @@ class Workflow:
         )
         message.reason = "max_tool_errors"
         return True
+
+
+def fail_with_step(message: Message, step: Step) -> None:
+    """Fail the task with its failed step's error (transient or not, as the step says)."""
+    message.fail(
+        "agent",
+        step.error or "step failed",
+        transient=step.transient,
+        status=step.http_status,
+        attempts=step.attempts,
+        role=step.role,
+    )
 
 
 class Sequence(Workflow):

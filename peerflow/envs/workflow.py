@@ -26,7 +26,7 @@ from __future__ import annotations
 from typing import Any
 
 from peerflow.message import OK, RUNNING, Message
-from peerflow.workflow import Workflow
+from peerflow.workflow import Workflow, fail_with_step
 
 __all__ = ["DualControl"]
 
@@ -82,14 +82,7 @@ class DualControl(Workflow):
         last = message.history[-1]
         route = message.route
         if not last.ok:
-            message.fail(
-                "agent",
-                last.error or "step failed",
-                transient=last.transient,
-                status=last.http_status,
-                attempts=last.attempts,
-                role=last.role,
-            )
+            fail_with_step(message, last)
             return None
         nxt: str | None
         if last.role == self.reward:
