@@ -493,3 +493,48 @@ def test_summary_label_of_a_real_server_is_unchanged(tmp_path: Path) -> None:
     )
     labels = service_labels(load_config(tmp_path / "flow.yaml"))
     assert labels == {"llm": "m at http://h:1/v1"}
+
+
+PYTHON_SCRIPT = """
+def reply(request):
+    text = request["messages"][-1]["content"]
+    if text == "boom":
+        raise KeyError("no such thing")
+    if text == "three":
+        return 3
+    if text.startswith("call"):
+        call = {"name": "calculator", "arguments": {"expression": "1+1"}}
+        return {"content": None, "tool_calls": [call]}
+    return "seed " + str(request.get("seed")) + ": " + text.upper()
+"""
+
+
+async def test_a_python_script_answers_text_and_tool_calls_and_its_errors_say_so(
+    sim: Sim, tmp_path: Path
+) -> None:
+    path = tmp_path / "double.py"
+    path.write_text(PYTHON_SCRIPT)
+    async with sim(script=f"{path}:reply") as (server, session):
+        data = await ok(server, session, messages=[user("hello")], seed=7)
+        assert msg(data)["content"] == "seed 7: HELLO"
+        call = msg(await ok(server, session, messages=[user("call it")], tools=[CALC]))
+        assert CALL_ID.fullmatch(call["tool_calls"][0]["id"])
+        assert json.loads(call["tool_calls"][0]["function"]["arguments"]) == {"expression": "1+1"}
+        for text, error in (
+            ("boom", "raised KeyError: 'no such thing'"),
+            ("three", "returned int"),
+        ):
+            status, body = await post(server, session, {"model": "m", "messages": [user(text)]})
+            assert status == 500 and error in body["error"]["message"], body
+            assert f"{path}:reply" in body["error"]["message"]
+        assert server.counters["script_errors"] == 2
+
+
+def test_a_python_script_that_is_missing_fails_at_startup(tmp_path: Path) -> None:
+    from peerflow.services.sim_llm import load_script
+
+    with pytest.raises(ValueError, match="is not a file"):
+        load_script(SimOptions(script=str(tmp_path / "nope.py") + ":reply"))
+    (tmp_path / "s.py").write_text("x = 1\n")
+    with pytest.raises(ValueError, match="has no function 'reply'"):
+        load_script(SimOptions(script=str(tmp_path / "s.py") + ":reply"))

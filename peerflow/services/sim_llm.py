@@ -1246,22 +1246,11 @@ class _Rule:
                 return _structured_reply(chat, chat.schema() or {"type": "object"}, target)
             return Reply(json.dumps(_fill(data, values), ensure_ascii=False))
         text = _fill(reply["text"], values) if "text" in reply else None
-        calls = None
-        if reply.get("tool_calls"):
-            calls = []
-            for j, call in enumerate(reply["tool_calls"]):
-                args = _fill(call.get("arguments", {}), values)
-                if not isinstance(args, str):
-                    args = json.dumps(args, ensure_ascii=False)
-                cid = f"call_{_digest('call', chat.key, chat.turn, j, call['name']):016x}"
-                calls.append(
-                    {
-                        "id": cid,
-                        "type": "function",
-                        "function": {"name": call["name"], "arguments": args},
-                    }
-                )
-        return Reply(text, calls)
+        filled = [
+            {**call, "arguments": _fill(call.get("arguments", {}), values)}
+            for call in reply.get("tool_calls") or ()
+        ]
+        return Reply(text, _tool_calls(chat, filled))
 
 
 def rules_shape(data: Any) -> tuple[list[Any], Any] | None:
@@ -1304,6 +1293,20 @@ def _rules(path: Path) -> Script:
     return script
 
 
+def _tool_calls(chat: _Chat, calls: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+    """A script's `[{name, arguments}]` as OpenAI tool calls, with ids fixed per request."""
+    out = []
+    for j, call in enumerate(calls):
+        args = call.get("arguments", {})
+        if not isinstance(args, str):
+            args = json.dumps(args, ensure_ascii=False)
+        cid = f"call_{_digest('call', chat.key, chat.turn, j, call['name']):016x}"
+        out.append(
+            {"id": cid, "type": "function", "function": {"name": call["name"], "arguments": args}}
+        )
+    return out or None
+
+
 class ScriptError(Exception):
     """A Python script raised: the request gets a 500 that says so (and the log, why)."""
 
@@ -1342,23 +1345,8 @@ def _python_script(spec: str) -> Script:
         if isinstance(out, str):
             return Reply(out)
         if not isinstance(out, dict):
-            raise TypeError(f"{spec} returned {type(out).__name__}; expected str or dict")
-        calls = None
-        if out.get("tool_calls"):
-            calls = []
-            for j, call in enumerate(out["tool_calls"]):
-                args = call.get("arguments", {})
-                if not isinstance(args, str):
-                    args = json.dumps(args, ensure_ascii=False)
-                cid = f"call_{_digest('call', chat.key, chat.turn, j, call['name']):016x}"
-                calls.append(
-                    {
-                        "id": cid,
-                        "type": "function",
-                        "function": {"name": call["name"], "arguments": args},
-                    }
-                )
-        return Reply(out.get("content"), calls)
+            raise ScriptError(f"script {spec} returned {type(out).__name__}; expected str or dict")
+        return Reply(out.get("content"), _tool_calls(chat, out.get("tool_calls") or []))
 
     return script
 
