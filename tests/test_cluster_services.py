@@ -362,3 +362,30 @@ async def test_removing_a_node_with_a_replica_mid_run_loses_no_row(
     await until(moved, 60.0, 0.2)  # the lost replica runs again, on the spare node
     summary = await work
     assert_every_row_once_and_ok(summary, tmp_path / "out.jsonl", n)
+
+
+async def test_env_servers_run_as_replicas_on_labelled_nodes(nodes: list[Any], tmp_path: Path):
+    """A `tool_env` service on Ray: its environment servers are replicas placed by
+    resources, bound to their nodes' addresses, and every task's environment is on one."""
+    from peerflow.config import load_config
+
+    mini = Path(__file__).parent / "data" / "mini_desk"
+    out = tmp_path / "desk.jsonl"
+    overrides = [
+        "runtime.kind=ray",
+        "services.desk.replicas=2",
+        "services.desk.resources={llmbox: 1}",
+        "task.trials=4",
+        f"output.path={out}",
+    ]
+    summary = await asyncio.wait_for(
+        run_async(load_config(mini / "desk.yaml", overrides), progress=False), SAFETY
+    )
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(records) == 8 and all(r["status"] == "ok" for r in records)
+    hosts = {host_port(r["history"][0]["data"]["environment"]["url"])[0] for r in records}
+    assert hosts == {nodes[0].node_ip_address} and "127.0.0.1" not in hosts
+    ports = {host_port(r["history"][0]["data"]["environment"]["url"])[1] for r in records}
+    assert len(ports) == 2  # both replicas served tasks
+    envs = summary["environments"]["desk"]
+    assert envs["servers"] == 2 and envs["acquired"] == 8 and envs["live"] == 0
