@@ -279,27 +279,6 @@ def test_check_names_a_broken_domain_and_a_role_that_is_no_side(tmp_path):
     assert proc.returncode != 0 and "roles.assistant.system: includes 'rules.md'" in text
 
 
-@pytest.mark.parametrize("runtime", ["ray"], indirect=True)
-def test_on_ray_env_servers_are_cluster_replicas(tmp_path, runtime):
-    desk = setup_desk(tmp_path)
-    proc = run(
-        desk / "desk.yaml",
-        "runtime.kind=ray",
-        "services.desk.replicas=2",
-        "task.trials=5",
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr + proc.stdout
-    got = records(desk / "out" / "desk.jsonl")
-    assert len(got) == 10 and all(r["status"] == "ok" for r in got)
-    assert all(last_data(r, "reward")["reward"] == 1.0 for r in got)
-    urls = {r["history"][0]["data"]["environment"]["url"] for r in got}
-    assert len(urls) == 2  # both replicas served tasks
-    summary = json.loads((desk / "out" / "desk.jsonl.summary.json").read_text())
-    envs = summary["environments"]["desk"]
-    assert envs["acquired"] == 10 and envs["live"] == 0 and envs["servers"] == 2
-
-
 def test_a_killed_runs_environments_are_reclaimed_by_the_next_run(tmp_path):
     desk = setup_desk(tmp_path)
     service, thread = serve(tmp_path, servers=1, max_envs=64)
@@ -348,7 +327,7 @@ async def test_on_ray_killed_actors_and_env_replicas_lose_no_task_and_leak_nothi
         "services.desk.replicas=2",
         "services.llm.options.time_scale=1",
         "services.llm.options.step_base_ms=15",
-        "task.trials=30",
+        "task.trials=20",
     ]
     config = load_config(desk / "desk.yaml", overrides)
     async with killing_actors(["-r:", "-desk-"], every=1.0, first=1.5) as killed:
@@ -356,11 +335,11 @@ async def test_on_ray_killed_actors_and_env_replicas_lose_no_task_and_leak_nothi
     assert "-desk-" in killed and "-r:" in killed, killed
     got = records(desk / "out" / "desk.jsonl")
     ids = [r["id"] for r in got]
-    assert len(ids) == len(set(ids)) == 60
+    assert len(ids) == len(set(ids)) == 40
     lost = [r for r in got if r["status"] == "error"]
     for record in lost:  # only tasks whose environment died with its server
         assert "environment" in record["error"]["message"], record["error"]
-    assert len(lost) < 60
+    assert len(lost) < 40
     envs = summary["environments"]["desk"]
     print(f"killed {killed}; {len(lost)} tasks lost their environment; environments {envs}")
     assert envs["live"] == 0, envs
