@@ -33,6 +33,7 @@ import aiohttp
 import orjson
 
 from peerflow.services.base import ChatResult, ServiceError, transient_status
+from peerflow.services.http1 import Pool, split_http_url
 
 __all__ = ["OpenAIService"]
 
@@ -59,6 +60,7 @@ class _Endpoint:
         "hasher",
         "index",
         "last_error",
+        "lean",
         "models_url",
         "outstanding",
         "requests",
@@ -71,6 +73,9 @@ class _Endpoint:
         self.index = index  # position in the service's endpoint list, recorded per step
         self.last_error: str | None = None
         self.url = base + "/chat/completions"
+        # (lean HTTP/1.1 pool, path) for a plain http:// endpoint, False for others (aiohttp);
+        # made at the first call, in the loop that uses it.
+        self.lean: tuple[Pool, str] | bool | None = None
         self.models_url = base + "/models"
         self.outstanding = 0
         self.requests = 0
@@ -143,6 +148,9 @@ class OpenAIService:
 
     # Whether the pool may be empty at start (it is filled later, by `set_endpoints`).
     dynamic = False
+    # Plain http:// endpoints get the lean HTTP/1.1 client (`peerflow.services.http1`):
+    # a quarter of aiohttp's CPU per request. False sends everything through aiohttp.
+    lean_http = True
 
     def __init__(
         self,
@@ -262,8 +270,27 @@ class OpenAIService:
 
     async def stop(self) -> None:
         session, self._session = self._session, None
+        for ep in self._known.values():
+            if isinstance(ep.lean, tuple):
+                ep.lean[0].close()
+            ep.lean = None
         if session is not None:
             await session.close()
+
+    def _lean(self, ep: _Endpoint) -> tuple[Pool, str] | None:
+        """The endpoint's lean HTTP/1.1 pool and path, or None (https: aiohttp does it)."""
+        lean = ep.lean
+        if lean is None:
+            parts = split_http_url(ep.url) if self.lean_http else None
+            if parts is None:
+                lean = ep.lean = False
+            else:
+                host, port, path = parts
+                pool = Pool(
+                    host, port, limit=self.max_connections, connect_timeout=self.connect_timeout
+                )
+                lean = ep.lean = (pool, path)
+        return lean or None
 
     @property
     def last_error(self) -> str | None:
@@ -421,14 +448,22 @@ class OpenAIService:
                 ep.retries += 1
             ep.outstanding += 1
             retry_after: float | None = None
+            lean = ep.lean if ep.lean is not None else self._lean(ep)
             try:
-                async with session.post(
-                    ep.url, data=payload, headers=headers, timeout=timeout
-                ) as resp:
-                    status = resp.status
-                    raw = await resp.read()
+                if lean:
+                    pool, path = lean  # type: ignore[misc]
+                    answer = await pool.request("POST", path, payload, headers, self.timeout)
+                    status, raw = answer.status, answer.body
                     if status >= 300:
-                        retry_after = _retry_after_seconds(resp.headers.get("Retry-After"))
+                        retry_after = _retry_after_seconds(answer.headers.get("retry-after"))
+                else:
+                    async with session.post(
+                        ep.url, data=payload, headers=headers, timeout=timeout
+                    ) as resp:
+                        status = resp.status
+                        raw = await resp.read()
+                        if status >= 300:
+                            retry_after = _retry_after_seconds(resp.headers.get("Retry-After"))
             except asyncio.TimeoutError as e:
                 status, raw = 0, b""
                 last_exc = e
