@@ -37,12 +37,16 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import orjson
 
 from peerflow.services.base import ServiceError
+from peerflow.services.http1 import Pool, split_http_url
 
 __all__ = ["EnvironmentLost", "ToolEnvService", "drain_releases", "release_soon"]
 
 log = logging.getLogger(__name__)
+
+_JSON = {"Content-Type": "application/json"}
 
 SUPERVISE_INTERVAL = 0.1
 
@@ -107,6 +111,7 @@ class ToolEnvService:
         self._finalizer: weakref.finalize | None = None
         self._refresh_interval = 0.5
         self._turn = random.randrange(1 << 16)
+        self._pools: dict[str, tuple[Pool, str] | bool] = {}
 
     # --- lifecycle -------------------------------------------------------
     @property
@@ -282,6 +287,10 @@ class ToolEnvService:
         if self._session is not None:
             await self._release_held()
             await self._session.close()
+            for pool in self._pools.values():
+                if pool:
+                    pool[0].close()
+            self._pools = {}
             self._session = None
         if self.processes:
             from peerflow.services.managed import _reap
@@ -305,7 +314,6 @@ class ToolEnvService:
     # --- environments ----------------------------------------------------
     async def acquire(self, task: dict[str, Any], task_id: str) -> dict[str, str]:
         """A fresh environment for `task`; waits (with back-off) while every server is full."""
-        session = self._live_session()
         deadline = time.monotonic() + self.acquire_timeout
         delay = 0.02
         self._turn += 1  # round robin: spreads each client's tasks over the servers
@@ -315,21 +323,19 @@ class ToolEnvService:
             urls = list(self.endpoints)
             for k in range(len(urls)):
                 url = urls[(start + k) % len(urls)]
+                asked = {"task": task, "task_id": task_id, "owner": self.owner}
                 try:
-                    async with session.post(
-                        url + "/envs", json={"task": task, "task_id": task_id, "owner": self.owner}
-                    ) as resp:
-                        body = await resp.json(content_type=None)
-                        if resp.status == 200:
-                            self.held[body["id"]] = url
-                            return {"url": url, "id": body["id"], "boot": body["boot"]}
-                        if resp.status == 400:  # the task's initial state is wrong
-                            raise ServiceError(
-                                f"environment for task {task_id!r}: {body.get('error')}",
-                                retryable=False,
-                                status=400,
-                            )
-                        last = f"{url}: {resp.status} {body.get('error', '')}".strip()
+                    status, body = await self._send("POST", url, "/envs", asked)
+                    if status == 200:
+                        self.held[body["id"]] = url
+                        return {"url": url, "id": body["id"], "boot": body["boot"]}
+                    if status == 400:  # the task's initial state is wrong
+                        raise ServiceError(
+                            f"environment for task {task_id!r}: {body.get('error')}",
+                            retryable=False,
+                            status=400,
+                        )
+                    last = f"{url}: {status} {body.get('error', '')}".strip()
                 except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as exc:
                     last = f"{url}: {type(exc).__name__}: {exc}"
             if time.monotonic() + delay > deadline:
@@ -345,35 +351,32 @@ class ToolEnvService:
         self, handle: dict[str, str], side: str, name: str, arguments: Any
     ) -> dict[str, Any]:
         """One tool call on the task's environment -> `{content, is_error}`."""
-        session = self._live_session()
         url, env_id = handle["url"], handle["id"]
         body = {"side": side, "name": name, "arguments": arguments}
         try:
-            async with session.post(f"{url}/envs/{env_id}/call", json=body) as resp:
-                data = await resp.json(content_type=None)
-                if resp.status == 200:
-                    return data
-                if resp.status == 404 and data.get("lost"):
-                    self.held.pop(env_id, None)
-                    raise EnvironmentLost(
-                        f"environment {env_id} lost: the environment server at {url} "
-                        f"crashed or restarted ({data.get('error')})"
-                    )
-                raise ServiceError(
-                    f"environment server {url}: {resp.status} {data.get('error', data)}",
-                    retryable=resp.status >= 500,
-                    status=resp.status,
-                )
+            status, data = await self._send("POST", url, f"/envs/{env_id}/call", body)
         except (aiohttp.ClientConnectionError, asyncio.TimeoutError, OSError) as exc:
             self.held.pop(env_id, None)
             raise EnvironmentLost(
                 f"environment {env_id} lost: the environment server at {url} crashed "
                 f"({type(exc).__name__}: {exc})"
             ) from exc
+        if status == 200:
+            return data
+        if status == 404 and data.get("lost"):
+            self.held.pop(env_id, None)
+            raise EnvironmentLost(
+                f"environment {env_id} lost: the environment server at {url} "
+                f"crashed or restarted ({data.get('error')})"
+            )
+        raise ServiceError(
+            f"environment server {url}: {status} {data.get('error', data)}",
+            retryable=status >= 500,
+            status=status,
+        )
 
     async def reward(self, payload: dict[str, Any], handle: dict[str, str] | None) -> dict:
         """Score a finished conversation: on the server holding it, else on any server."""
-        session = self._live_session()
         urls = list(self.endpoints)
         if handle is not None and handle.get("url") in urls:
             urls.remove(handle["url"])
@@ -382,13 +385,12 @@ class ToolEnvService:
         last = "no server"
         for url in urls:
             try:
-                async with session.post(url + "/reward", json=body) as resp:
-                    data = await resp.json(content_type=None)
-                    if resp.status == 200:
-                        return data
-                    if resp.status == 400:
-                        raise ServiceError(f"reward: {data.get('error')}", status=400)
-                    last = f"{url}: {resp.status} {data.get('error', '')}".strip()
+                status, data = await self._send("POST", url, "/reward", body)
+                if status == 200:
+                    return data
+                if status == 400:
+                    raise ServiceError(f"reward: {data.get('error')}", status=400)
+                last = f"{url}: {status} {data.get('error', '')}".strip()
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as exc:
                 last = f"{url}: {type(exc).__name__}: {exc}"
         raise ServiceError(
@@ -419,11 +421,39 @@ class ToolEnvService:
 
     async def _delete(self, url: str, env_id: str) -> bool:
         try:
-            async with self._live_session().delete(f"{url}/envs/{env_id}") as resp:
-                data = await resp.json(content_type=None)
-                return bool(data.get("released"))
+            _, data = await self._send("DELETE", url, f"/envs/{env_id}")
+            return bool(data.get("released"))
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError):
             return False
+
+    async def _send(
+        self, method: str, url: str, path: str, body: Any = None
+    ) -> tuple[int, dict[str, Any]]:
+        """(status, JSON answer) of one request to a server: the lean HTTP/1.1 client for
+        `http://` servers (a tool call is a step of every conversation), else aiohttp."""
+        self._live_session()
+        payload = orjson.dumps(body) if body is not None else b""
+        pool = self._pools.get(url)
+        if pool is None:
+            parts = split_http_url(url)
+            if parts is not None:
+                host, port, prefix = parts
+                pool = self._pools[url] = (
+                    Pool(host, port, limit=self.max_connections),
+                    prefix.rstrip("/"),
+                )
+            else:
+                pool = self._pools[url] = False
+        if pool:
+            lean, prefix = pool
+            answer = await lean.request(method, prefix + path, payload, _JSON, self.timeout)
+            status, raw = answer.status, answer.body
+        else:
+            session = self._live_session()
+            async with session.request(method, url + path, data=payload, headers=_JSON) as resp:
+                status, raw = resp.status, await resp.read()
+        data = orjson.loads(raw) if raw else {}
+        return status, data if isinstance(data, dict) else {}
 
     async def server_stats(self) -> list[dict[str, Any] | None]:
         """Each server's `/stats` (live environments, acquired, released, expired, ...)."""
