@@ -1,0 +1,195 @@
+"""The Coral benchmark's designs do the same work: same requests, same agreement.
+
+Real processes and real HTTP: a simulator with the `coral` script, `peerflow run` of the
+shipped config, the central orchestrator with both clients (openai SDK and peerflow's),
+and a recording proxy in front of the simulator that keeps every request body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from coral_bench import peerflow_side, report  # noqa: E402
+from coral_bench.orchestrator import Orchestrator, make_client  # noqa: E402
+from coral_bench.sweep import read_records  # noqa: E402
+from coral_bench.workload import expand_tasks, iter_rows, load_workload  # noqa: E402
+
+
+class Recorder:
+    """An HTTP proxy to one simulator that records each chat request's JSON body."""
+
+    def __init__(self, target: str):
+        self.target = target.rstrip("/")
+        self.bodies: list[dict] = []
+        lock = threading.Lock()
+        rec = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _relay(self, data: bytes | None) -> None:
+                req = urllib.request.Request(
+                    rec.target + self.path.removeprefix("/v1"),
+                    data=data,
+                    headers={"Content-Type": "application/json"},
+                )
+                with urllib.request.urlopen(req, timeout=60) as resp:
+                    out = resp.read()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(out)))
+                self.end_headers()
+                self.wfile.write(out)
+
+            def do_POST(self) -> None:
+                raw = self.rfile.read(int(self.headers["Content-Length"]))
+                with lock:
+                    rec.bodies.append(json.loads(raw))
+                self._relay(raw)
+
+            def do_GET(self) -> None:  # health probes: /v1/models
+                self._relay(None)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def sim():
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "peerflow.services.sim_llm",
+            "--port",
+            "0",
+            "--script",
+            "coral",
+            "--agree-after",
+            "2",
+            "--time-scale",
+            "0",
+            "--output-median",
+            "330",
+            "--output-sigma",
+            "0.5",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
+    line = proc.stdout.readline()
+    assert "listening on" in line, proc.stderr.read()
+    yield line.strip().rsplit(" ", 1)[-1]
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def _canon(body: dict) -> str:
+    return json.dumps(body, sort_keys=True)
+
+
+def _outcome(path: Path) -> dict[str, tuple]:
+    return {
+        r["id"]: (
+            r["status"],
+            r["agreement"],
+            r["agreement_correctness"],
+            r["turns"],
+            r["llm_calls"],
+            r["completion_tokens"],
+        )
+        for r in read_records(path)
+    }
+
+
+def test_all_designs_send_identical_requests_and_agree_equally(sim, tmp_path):
+    pytest.importorskip("openai")
+    w = load_workload()
+    tasks = tmp_path / "tasks.jsonl"
+    n = 10
+    expand_tasks(w, tasks, n)
+    rec = Recorder(sim)
+    bodies: dict[str, list[dict]] = {}
+    try:
+        out = tmp_path / "peerflow.jsonl"
+        over = peerflow_side.overrides(w, tasks, n, out, [rec.url], 4)
+        proc = peerflow_side.launch(w, over, tmp_path / "peerflow.log")
+        assert proc.wait(timeout=120) == 0, (tmp_path / "peerflow.log").read_text()[-2000:]
+        bodies["peerflow"] = rec.bodies[:]
+        for kind in ("openai", "peerflow-client"):
+            rec.bodies.clear()
+            client = make_client(kind.removesuffix("-client"), [rec.url], 4, w)
+            orch = Orchestrator(w, client, out=tmp_path / f"{kind}.jsonl")
+            assert asyncio.run(orch.run_all(iter_rows(tasks), 4)) == n
+            assert orch.failed == 0
+            bodies[kind] = rec.bodies[:]
+    finally:
+        rec.close()
+    ref = Counter(map(_canon, bodies["peerflow"]))
+    assert len(bodies["peerflow"]) > 3 * n  # several turns per debate
+    for kind in ("openai", "peerflow-client"):
+        assert Counter(map(_canon, bodies[kind])) == ref, kind
+    # The histories grow: some request has a speaker's own earlier turn in it.
+    assert any(m["role"] == "assistant" for b in bodies["openai"] for m in b["messages"])
+    a = _outcome(out)
+    assert len(a) == n and all(v[0] == "ok" for v in a.values())
+    assert _outcome(tmp_path / "openai.jsonl") == a
+    assert _outcome(tmp_path / "peerflow-client.jsonl") == a
+    # Not trivial: debates of different lengths.
+    assert len({v[3] for v in a.values()}) > 1
+
+
+def test_tiny_sweep_point_of_each_design(tmp_path):
+    pytest.importorskip("openai")
+    import bench_coral_orchestrator as bench
+
+    t0 = time.monotonic()
+    rows = bench.main(
+        [
+            "--quick",
+            "--replicas",
+            "1",
+            "--warmup",
+            "1",
+            "--window",
+            "2.5",
+            "--tasks-total",
+            "1000",
+            "--no-plot",
+            "--keep",
+            str(tmp_path / "work"),
+        ]
+    )
+    assert [r["design"] for r in rows] == ["orch-openai", "orch-peerflow", "peerflow"]
+    for r in rows:
+        assert r["concurrency"] == 50
+        assert r["tokens_per_s"] > 0 and r["llm_steps"] > 0
+        assert r["cpu_us_per_step"] > 0 and r["records"] > 0 and r["failed"] == 0
+    lines = report.agreement_check(rows)
+    assert len(lines) == 2 and all(line.endswith("EQUAL") for line in lines), lines
+    assert time.monotonic() - t0 < 60
