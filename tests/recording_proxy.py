@@ -1,4 +1,5 @@
-"""A recording HTTP proxy for the benchmark tests: it keeps every chat request's JSON body.
+"""Helpers of the benchmark tests: a simulator process, and a recording HTTP proxy that
+keeps every chat request's JSON body.
 
 Put in front of a simulator, it shows that two designs send byte-for-byte the same
 requests (the benchmarks' fairness rests on it).
@@ -6,10 +7,15 @@ requests (the benchmarks' fairness rests on it).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import subprocess
+import sys
 import threading
 import urllib.request
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 
 class Recorder:
@@ -58,3 +64,32 @@ class Recorder:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+@contextlib.contextmanager
+def simulator(*args: str) -> Iterator[str]:
+    """A simulator process (`peerflow.services.sim_llm` with `args`); yields its base URL.
+
+    Its output is drained after start-up, so a chatty simulator never blocks on a full pipe.
+    """
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "peerflow.services.sim_llm", "--port", "0", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    try:
+        line = proc.stdout.readline() if proc.stdout else ""
+        assert "listening on" in line, proc.stderr.read() if proc.stderr else line
+        for stream in (proc.stdout, proc.stderr):
+            threading.Thread(target=stream.read, daemon=True).start()
+        yield line.strip().rsplit(" ", 1)[-1]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def canon(body: dict) -> str:
+    """A request body as comparable text (keys sorted)."""
+    return json.dumps(body, sort_keys=True)

@@ -8,8 +8,6 @@ and a recording proxy in front of the simulator that keeps every request body.
 from __future__ import annotations
 
 import asyncio
-import json
-import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
@@ -23,43 +21,15 @@ from coral_bench import peerflow_side, report  # noqa: E402
 from coral_bench.orchestrator import Orchestrator, make_client  # noqa: E402
 from coral_bench.sweep import read_records  # noqa: E402
 from coral_bench.workload import expand_tasks, iter_rows, load_workload  # noqa: E402
-from recording_proxy import Recorder  # noqa: E402
+from recording_proxy import Recorder, canon, simulator  # noqa: E402
 
 
 @pytest.fixture
 def sim():
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "peerflow.services.sim_llm",
-            "--port",
-            "0",
-            "--script",
-            "coral",
-            "--agree-after",
-            "2",
-            "--time-scale",
-            "0",
-            "--output-median",
-            "330",
-            "--output-sigma",
-            "0.5",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=REPO,
-    )
-    line = proc.stdout.readline()
-    assert "listening on" in line, proc.stderr.read()
-    yield line.strip().rsplit(" ", 1)[-1]
-    proc.terminate()
-    proc.wait(timeout=10)
-
-
-def _canon(body: dict) -> str:
-    return json.dumps(body, sort_keys=True)
+    args = ["--script", "coral", "--agree-after", "2", "--time-scale", "0"]
+    args += ["--output-median", "330", "--output-sigma", "0.5"]
+    with simulator(*args) as url:
+        yield url
 
 
 def _outcome(path: Path) -> dict[str, tuple]:
@@ -99,10 +69,10 @@ def test_all_designs_send_identical_requests_and_agree_equally(sim, tmp_path):
             bodies[kind] = rec.bodies[:]
     finally:
         rec.close()
-    ref = Counter(map(_canon, bodies["peerflow"]))
+    ref = Counter(map(canon, bodies["peerflow"]))
     assert len(bodies["peerflow"]) > 3 * n  # several turns per debate
     for kind in ("openai", "peerflow-client"):
-        assert Counter(map(_canon, bodies[kind])) == ref, kind
+        assert Counter(map(canon, bodies[kind])) == ref, kind
     # The histories grow: some request has a speaker's own earlier turn in it.
     assert any(m["role"] == "assistant" for b in bodies["openai"] for m in b["messages"])
     a = _outcome(out)

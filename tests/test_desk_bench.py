@@ -6,8 +6,6 @@ runner, and a recording proxy in front of the simulator that keeps every request
 
 from __future__ import annotations
 
-import json
-import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
@@ -21,7 +19,7 @@ from desk_bench import peerflow_side  # noqa: E402
 from desk_bench.baseline import Runner  # noqa: E402
 from desk_bench.sweep import read_records  # noqa: E402
 from desk_bench.workload import MINI, SUPPORT, expand_tasks, load_workload, read_tasks  # noqa: E402
-from recording_proxy import Recorder  # noqa: E402
+from recording_proxy import Recorder, canon, simulator  # noqa: E402
 
 SUPPORT_CONFIG = SUPPORT / "support_desk_sim.yaml"
 
@@ -29,32 +27,8 @@ SUPPORT_CONFIG = SUPPORT / "support_desk_sim.yaml"
 @pytest.fixture
 def sim(request):
     script = request.param
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "peerflow.services.sim_llm",
-            "--port",
-            "0",
-            "--script",
-            script,
-            "--time-scale",
-            "0",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=REPO,
-    )
-    line = proc.stdout.readline()
-    assert "listening on" in line, proc.stderr.read()
-    yield line.strip().rsplit(" ", 1)[-1]
-    proc.terminate()
-    proc.wait(timeout=10)
-
-
-def _canon(body: dict) -> str:
-    return json.dumps(body, sort_keys=True)
+    with simulator("--script", script, "--time-scale", "0") as url:
+        yield url
 
 
 @pytest.mark.parametrize(
@@ -86,7 +60,7 @@ def test_both_designs_send_identical_requests_and_get_equal_rewards(sim, tmp_pat
         envs.stop()
         rec.close()
     assert from_peerflow, "peerflow sent no request"
-    assert Counter(map(_canon, from_threads)) == Counter(map(_canon, from_peerflow))
+    assert Counter(map(canon, from_threads)) == Counter(map(canon, from_peerflow))
     assert {b["seed"] for b in from_threads} == {b["seed"] for b in from_peerflow}
     a = {r["id"]: r for r in read_records(tmp_path / "threadpool.jsonl")}
     b = {r["id"]: r for r in read_records(out)}
