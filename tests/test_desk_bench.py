@@ -100,5 +100,7 @@ def test_tiny_sweep_point_runs_both_designs(tmp_path):
     for r in rows:
         assert r["trajectories_window"] > 0 and r["tokens_per_s"] > 0
         assert r["mean_reward"] == 1.0  # the mini desk's script solves every task
-        assert r["peak_in_flight"] <= 6
+        # peerflow counts live environments over 2 env servers read one after the other: a
+        # task ending on one while the next starts on the other can be seen twice.
+        assert r["peak_in_flight"] <= 6 + (1 if r["design"] == "peerflow" else 0)
     assert rows[0]["peak_threads"] >= 6  # a thread per conversation
