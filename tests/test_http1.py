@@ -143,6 +143,17 @@ async def test_the_connection_limit_holds_requests_back_instead_of_failing_them(
         assert seen["peak"] <= 2 and seen["connections"] <= 2
 
 
+async def test_the_timeout_covers_waiting_for_a_connection_under_the_limit():
+    async with server(lambda body: [b"<sleep>", *ok(body)]) as seen:
+        pool = Pool("127.0.0.1", seen["port"], limit=1)
+        first = asyncio.ensure_future(pool.request("POST", "/", b"1", None, 10))
+        await asyncio.sleep(0.05)  # the first request holds the only connection
+        with pytest.raises(TimeoutError, match="no complete answer within 0.1s"):
+            await pool.request("POST", "/", b"2", None, 0.1)
+        assert (await first).body == b"1"
+        assert (await pool.request("POST", "/", b"3", None, 10)).body == b"3"
+
+
 def test_only_plain_http_urls_are_taken():
     assert split_http_url("http://10.0.0.5:8000/v1/chat/completions") == (
         "10.0.0.5",

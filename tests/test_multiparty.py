@@ -154,3 +154,16 @@ def test_coral_helpers_take_speakers_from_the_steps() -> None:
     out = metrics(msg)
     assert out["turns"] == 4 and out["agreement_correctness"] is True
     assert out["bob_completion_tokens"] == 4
+
+
+def test_a_fixed_system_prompt_is_rendered_once_and_a_templated_one_every_step() -> None:
+    fixed = agent("pro", system="Argue for it.\n", view={"include": SPEAKERS})
+    templated = agent("con", system="Against: {{ row.topic }}", view={"include": SPEAKERS})
+    assert fixed.system is not None and fixed.system.constant == "Argue for it."
+    assert templated.system is not None and templated.system.constant is None
+    msg = debate()
+    msg.row["topic"] = "water"
+    assert fixed.chat(msg)[0] == {"role": "system", "content": "Argue for it."}
+    assert templated.chat(msg)[0] == {"role": "system", "content": "Against: water"}
+    msg.row["topic"] = "fire"
+    assert templated.chat(msg)[0]["content"] == "Against: fire"

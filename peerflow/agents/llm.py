@@ -52,12 +52,19 @@ def _no_null(value: Any) -> Any:
     return value
 
 
+class _Template(jinja2.Template):
+    # The text of a template with no Jinja syntax at all (a fixed system prompt, say),
+    # rendered once: most roles' system prompts are, and they are rendered every step.
+    constant: str | None = None
+
+
 _env = jinja2.Environment(
     undefined=jinja2.StrictUndefined,
     keep_trailing_newline=False,
     autoescape=False,
     finalize=_no_null,
 )
+_env.template_class = _Template
 
 _GLOBALS = dict(_env.globals)
 
@@ -173,6 +180,9 @@ def render(template: jinja2.Template, context: dict[str, Any]) -> str:
     each template keeps one context and swaps its namespace in; rendering is synchronous,
     so no other render can interleave (a nested one falls back to a fresh context).
     """
+    constant = getattr(template, "constant", None)
+    if constant is not None:
+        return constant
     ctx = _contexts.pop(template, None)
     if ctx is None:
         ctx = template.new_context({}, shared=True)
@@ -215,6 +225,8 @@ def compile_template(source: str | None, where: str) -> jinja2.Template | None:
                 f"{where}: included {name!r}: template syntax error on line {exc.lineno}: "
                 f"{exc.message}"
             ) from None
+    if not any(mark in source for mark in ("{{", "{%", "{#")) and isinstance(template, _Template):
+        template.constant = render(template, {})
     return template
 
 
