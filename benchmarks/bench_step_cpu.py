@@ -58,10 +58,20 @@ def main() -> None:
     parser.add_argument("--in-flight", type=int, default=100)
     parser.add_argument("--replicas", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--output-median", type=float, default=330, help="speaker tokens")
     parser.add_argument("--time-scale", type=float, default=0.02, help="the simulators'")
     parser.add_argument("--clients", nargs="+", default=["aiohttp", "lean"])
     args = parser.parse_args()
-    opts = {"script": "coral", "agree_after": 2, "time_scale": args.time_scale, "seed": 0}
+    opts = {
+        "script": "coral",
+        "agree_after": 2,
+        "time_scale": args.time_scale,
+        "seed": 0,
+        "output_median": args.output_median,  # 330: the paper's ~2k tokens a trajectory
+        "output_sigma": 0.5,
+        "max_num_seqs": 256,
+        "kv_capacity": 4_000_000,  # room for every sequence: no KV queueing
+    }
     pools = Pools([PoolSpec("llm", args.replicas, opts)])
     pools.start()
     print(

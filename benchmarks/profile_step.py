@@ -79,6 +79,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=3000)
     parser.add_argument("--in-flight", type=int, default=400)
     parser.add_argument("--replicas", type=int, default=8)
+    parser.add_argument("--output-median", type=float, default=330, help="speaker tokens")
     parser.add_argument("--time-scale", type=float, default=0.3, help="the simulators'")
     parser.add_argument("--rate", type=int, default=200, help="samples per second")
     parser.add_argument("--svg", type=Path, default=None, help="write the flame graph here")
@@ -87,7 +88,16 @@ def main() -> None:
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(py_spy).exists():
         sys.exit("py-spy is not installed: pip install py-spy (or the `bench` extra)")
-    opts = {"script": "coral", "agree_after": 2, "time_scale": args.time_scale, "seed": 0}
+    opts = {
+        "script": "coral",
+        "agree_after": 2,
+        "time_scale": args.time_scale,
+        "seed": 0,
+        "output_median": args.output_median,  # 330: the paper's ~2k tokens a trajectory
+        "output_sigma": 0.5,
+        "max_num_seqs": 256,
+        "kv_capacity": 4_000_000,  # room for every sequence: no KV queueing
+    }
     pools = Pools([PoolSpec("llm", args.replicas, opts)])
     pools.start()
     print(
