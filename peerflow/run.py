@@ -81,6 +81,10 @@ def service_labels(config: RunConfig) -> dict[str, str]:
         elif svc.kind == "tool_env":
             where = ", ".join(svc.urls) or f"{svc.replicas} server(s) started by peerflow"
             labels[name] = f"tool environments of domain {svc.domain} ({where})"
+        elif svc.kind == "sandbox":
+            where = ", ".join(svc.urls) or f"{svc.replicas} server(s) started by peerflow"
+            isolation = "bwrap" if svc.isolation == "bwrap" else "none (UNSAFE)"
+            labels[name] = f"code sandbox, isolation: {isolation} ({where})"
         elif svc.kind == "command":
             command = svc.command if isinstance(svc.command, str) else " ".join(svc.command)
             labels[name] = f"{svc.model} (server started by peerflow: {command})"

@@ -440,6 +440,8 @@ def reference_markdown() -> str:
     for model in _kinds(cfg.ServiceConfig):
         kind = _kind(model)
         section(f"kind: {kind}", f"service-{kind}", model, level=3)
+        for sub in _nested(model, set()):  # option models inside it (a sandbox's limits)
+            section(sub.__name__, _anchor(sub), sub, level=4)
     sim = sim_options()
     if sim is not None:
         section(

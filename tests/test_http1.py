@@ -148,7 +148,7 @@ async def test_the_timeout_covers_waiting_for_a_connection_under_the_limit():
         pool = Pool("127.0.0.1", seen["port"], limit=1)
         first = asyncio.ensure_future(pool.request("POST", "/", b"1", None, 10))
         await asyncio.sleep(0.05)  # the first request holds the only connection
-        with pytest.raises(TimeoutError, match="no complete answer within 0.1s"):
+        with pytest.raises(TimeoutError, match=r"no complete answer within 0\.1s"):
             await pool.request("POST", "/", b"2", None, 0.1)
         assert (await first).body == b"1"
         assert (await pool.request("POST", "/", b"3", None, 10)).body == b"3"

@@ -1,6 +1,6 @@
 """Agents: the per-role steps. Built-ins are named `llm`, `function`, `tools`, `language`,
-`environment` and `env_reward` in YAML; anything else is a `module:Class` naming an `Agent`
-subclass."""
+`environment`, `env_reward` and `sandbox` in YAML; anything else is a `module:Class`
+naming an `Agent` subclass."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from peerflow.agents.environment import EnvironmentAgent, RewardAgent
 from peerflow.agents.function import FunctionAgent
 from peerflow.agents.language import LanguageAgent
 from peerflow.agents.llm import LLMAgent
+from peerflow.agents.sandbox import SandboxAgent
 from peerflow.agents.tools import ToolsAgent
 from peerflow.loading import load_object
 
@@ -19,6 +20,7 @@ BUILTIN_AGENTS: dict[str, type[Agent]] = {
     "language": LanguageAgent,
     "environment": EnvironmentAgent,
     "env_reward": RewardAgent,
+    "sandbox": SandboxAgent,
 }
 
 __all__ = [
@@ -30,6 +32,7 @@ __all__ = [
     "LLMAgent",
     "LanguageAgent",
     "RewardAgent",
+    "SandboxAgent",
     "ToolsAgent",
     "agent_class",
     "to_step",

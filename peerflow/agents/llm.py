@@ -230,6 +230,19 @@ def compile_template(source: str | None, where: str) -> jinja2.Template | None:
     return template
 
 
+def template_context(message: Message, role: str) -> dict[str, Any]:
+    """What a role's templates see: the task's vars (also bare), row, history, `last`."""
+    return {
+        **message.vars,
+        "vars": message.vars,
+        "row": message.row,
+        "message": message,
+        "history": message.history,
+        "last": message.last,
+        "role": role,
+    }
+
+
 class LLMAgent(Agent):
     Options = LLMOptions
     options: LLMOptions
@@ -278,15 +291,7 @@ class LLMAgent(Agent):
         )
 
     def context(self, message: Message) -> dict[str, Any]:
-        return {
-            **message.vars,
-            "vars": message.vars,
-            "row": message.row,
-            "message": message,
-            "history": message.history,
-            "last": message.last,
-            "role": self.role,
-        }
+        return template_context(message, self.role)
 
     def chat(self, message: Message) -> list[dict[str, Any]]:
         """The request's messages for this role's next turn.

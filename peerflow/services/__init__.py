@@ -171,4 +171,26 @@ def build_service(name: str, cfg: Any, *, host: str = "127.0.0.1") -> Service:
             owner=cfg.owner,
             host=host,
         )
+    if cfg.kind == "sandbox":
+        from peerflow.services.sandbox import SandboxService
+
+        return SandboxService(
+            name,
+            replicas=cfg.replicas,
+            urls=list(cfg.urls),
+            max_concurrent=cfg.max_concurrent,
+            max_sessions=cfg.max_sessions,
+            session_ttl=cfg.session_ttl,
+            isolation=cfg.isolation,
+            bwrap=cfg.bwrap,
+            python=cfg.python,
+            ro_paths=list(cfg.ro_paths),
+            limits=cfg.limits.model_dump(),
+            acquire_timeout=cfg.acquire_timeout,
+            timeout=cfg.timeout,
+            startup_timeout=cfg.startup_timeout,
+            registry=cfg.registry,
+            owner=cfg.owner,
+            host=host,
+        )
     raise ValueError(f"services.{name}.kind: unknown kind {cfg.kind!r}")

@@ -1,7 +1,7 @@
 """Managed services on a Ray cluster: replicas placed by resources, found through a registry.
 
-LLM servers and tool-environment servers alike (a `tool_env` service's replicas are its
-environment servers; its clients follow the registry the same way).
+LLM servers, tool-environment and sandbox servers alike (a `tool_env` or `sandbox` service's
+replicas are its servers; its clients follow the registry the same way).
 
 On the local runtime a managed service (`local_model`, `sim`, `command`) launches its servers
 as child processes on 127.0.0.1. On a cluster the servers must live where the accelerators
@@ -275,7 +275,7 @@ async def services_on_cluster(config: RunConfig, run_id: str) -> AsyncIterator[R
     managed = {
         name: cfg
         for name, cfg in config.services.items()
-        if cfg.kind != "openai" and not (cfg.kind == "tool_env" and cfg.urls)
+        if cfg.kind != "openai" and not (cfg.kind in ("tool_env", "sandbox") and cfg.urls)
     }
     if not managed:
         yield config
@@ -312,7 +312,7 @@ async def services_on_cluster(config: RunConfig, run_id: str) -> AsyncIterator[R
         clients = {
             service: (
                 cfg.model_copy(update={"registry": name})
-                if cfg.kind == "tool_env"
+                if cfg.kind in ("tool_env", "sandbox")
                 else OpenAIServiceConfig(
                     kind="openai",
                     model=build_service(service, cfg).model,  # type: ignore[attr-defined]
