@@ -28,6 +28,7 @@ import contextlib
 import logging
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -295,10 +296,17 @@ class ToolEnvService:
         if self.processes:
             from peerflow.services.managed import _reap
 
+            crashed = self.restarts or any(p.poll() is not None for p in self.processes)
             await asyncio.to_thread(_reap, self.processes)
             if self._finalizer is not None:
                 self._finalizer.detach()
             self.processes = []
+            if self.log_dir is not None and not crashed:  # a crash's log is the only clue
+                await asyncio.to_thread(shutil.rmtree, self.log_dir, True)
+            elif self.log_dir is not None:
+                log.warning(
+                    "%s: an environment server crashed; logs kept in %s", self.name, self.log_dir
+                )
 
     async def health(self) -> bool:
         results = await asyncio.gather(*(self._get(u, "/health") for u in self.endpoints))
