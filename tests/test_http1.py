@@ -143,15 +143,49 @@ async def test_the_connection_limit_holds_requests_back_instead_of_failing_them(
         assert seen["peak"] <= 2 and seen["connections"] <= 2
 
 
-async def test_the_timeout_covers_waiting_for_a_connection_under_the_limit():
+async def test_the_timeout_runs_from_the_send_not_from_the_wait_for_a_connection():
     async with server(lambda body: [b"<sleep>", *ok(body)]) as seen:
         pool = Pool("127.0.0.1", seen["port"], limit=1)
         first = asyncio.ensure_future(pool.request("POST", "/", b"1", None, 10))
         await asyncio.sleep(0.05)  # the first request holds the only connection
-        with pytest.raises(TimeoutError, match=r"no complete answer within 0\.1s"):
-            await pool.request("POST", "/", b"2", None, 0.1)
+        # queued ~0.25 s, then answered ~0.3 s after its send: more than 0.5 s in all
+        assert (await pool.request("POST", "/", b"2", None, 0.5)).body == b"2"
         assert (await first).body == b"1"
-        assert (await pool.request("POST", "/", b"3", None, 10)).body == b"3"
+        with pytest.raises(TimeoutError, match=r"no complete answer within 0\.1s"):
+            await pool.request("POST", "/", b"3", None, 0.1)  # the server takes 0.3 s
+
+
+async def test_a_finished_request_hands_its_connection_to_the_longest_waiting():
+    async with server(lambda body: [b"<sleep>", *ok(body)]) as seen:
+        pool = Pool("127.0.0.1", seen["port"], limit=1)
+        order: list[bytes] = []
+
+        async def one(body: bytes) -> None:
+            order.append((await pool.request("POST", "/", body, None, 10)).body)
+
+        async def first_then_another() -> None:
+            await one(b"1")
+            await one(b"4")  # asks in the same turn as "1" frees the connection
+
+        main = asyncio.ensure_future(first_then_another())
+        await asyncio.sleep(0.05)
+        waiting = [asyncio.ensure_future(one(b"2")), asyncio.ensure_future(one(b"3"))]
+        await asyncio.gather(main, *waiting)
+        assert order == [b"1", b"2", b"3", b"4"]
+        assert seen["connections"] == 1
+
+
+async def test_a_waiting_request_that_is_cancelled_gives_up_its_turn():
+    async with server(lambda body: [b"<sleep>", *ok(body)]) as seen:
+        pool = Pool("127.0.0.1", seen["port"], limit=1)
+        first = asyncio.ensure_future(pool.request("POST", "/", b"1", None, 10))
+        await asyncio.sleep(0.05)
+        gone = asyncio.ensure_future(pool.request("POST", "/", b"2", None, 10))
+        after = asyncio.ensure_future(pool.request("POST", "/", b"3", None, 10))
+        await asyncio.sleep(0.05)
+        gone.cancel()
+        assert (await first).body == b"1" and (await after).body == b"3"
+        assert pool.open == 1 and len(pool.idle) == 1 and not pool._waiting
 
 
 def test_only_plain_http_urls_are_taken():
