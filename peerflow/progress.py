@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from tqdm import tqdm
 
+from peerflow.cost import progress_text
 from peerflow.stats import RunStats
 
 
@@ -48,7 +49,8 @@ async def show_progress(
             rejected = stats.by_status.get("rejected", 0)
             bar.set_postfix_str(
                 f"tok/s={tok_rate:,.0f} in_flight={in_flight()} errors={stats.errors}"
-                + (f" rejected={rejected}" if rejected else ""),
+                + (f" rejected={rejected}" if rejected else "")
+                + progress_text(stats),
                 refresh=False,
             )
             bar.update(done - bar.n)

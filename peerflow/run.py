@@ -21,12 +21,15 @@ from typing import Any
 from peerflow.config import ConfigError, RunConfig
 from peerflow.pipeline import Pipeline
 from peerflow.progress import console, show_progress
+from peerflow.report import config_record, write_run_files
 from peerflow.runtimes import get_runtime
 from peerflow.runtimes.admission import RunStopped
 from peerflow.services.base import ServiceUnavailable
+from peerflow.services.cache import cache_summary
 from peerflow.services.watch import ServiceWatch
 from peerflow.sink import Sink
 from peerflow.stats import RunStats
+from peerflow.timeseries import Sampler
 
 # The process exit status of `peerflow run`, documented in the README.
 EXIT_OK = 0  # every row of the dataset has an ok record
@@ -148,6 +151,7 @@ async def run_async(
                 label=config.name,
             )
         )
+    sampler = Sampler(stats, lambda: runtime.in_flight).start()  # <output>.timeseries.json
     outcome, reason, code = "complete", None, None
     fault: BaseException | None = None
     watch = ServiceWatch.from_config(config.runtime, on_event=console)
@@ -175,6 +179,7 @@ async def run_async(
             bar.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await bar
+        await sampler.stop()
         sink.close()
     counts = sink.counts()
     failed_rows = counts.get("error", 0)
@@ -191,6 +196,7 @@ async def run_async(
         cut_torn_bytes=sink.cut_bytes,
         peerflow=__version__,
         fingerprint=fingerprint,
+        config=config_record(config),
         duplicate_input_ids=getattr(pipeline, "duplicate_ids", 0),
         outcome=outcome,
         reason=reason,
@@ -199,7 +205,11 @@ async def run_async(
         # On Ray the calls happen in the role actors, whose watches the driver merges.
         service_watch=stats.extra.get("ray", {}).get("service_watch") or watch.report(),
     )
+    cache = cache_summary(summary["service_watch"])
+    if cache:  # response-cache hits and misses per service (docs/cache.md)
+        summary["cache"] = cache
     write_summaries(config, summary)
+    write_run_files(config, summary, sampler)  # the time series and <output>.report.html
     if fault is not None:
         raise fault
     return summary
@@ -234,6 +244,7 @@ def write_summaries(config: RunConfig, summary: dict[str, Any]) -> None:
             "by_status": summary["by_status"],
             "wall_seconds": summary["wall_seconds"],
             "tokens": summary["tokens"],
+            "cost_usd": (summary.get("cost") or {}).get("usd"),
             "exit_code": summary["exit_code"],
         }
     )
@@ -247,6 +258,8 @@ def write_summaries(config: RunConfig, summary: dict[str, Any]) -> None:
             kind: sum(r.get("tokens", {}).get(kind, 0) for r in runs)
             for kind in ("prompt", "completion")
         },
+        # Every run's spend on this output (peerflow.cost); a budget is per run.
+        "cost_usd": round(sum(r.get("cost_usd") or 0.0 for r in runs), 6),
     }
     _write_json(combined_path, {**summary, "combined": combined, "runs": runs})
 

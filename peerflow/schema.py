@@ -311,6 +311,7 @@ ANCHORS = {
     "RejectRule": "reject-rule",
     "RuntimeConfig": "runtime",
     "OutputConfig": "output",
+    "CacheConfig": "cache",
 }
 
 
@@ -440,7 +441,8 @@ def reference_markdown() -> str:
     for model in _kinds(cfg.ServiceConfig):
         kind = _kind(model)
         section(f"kind: {kind}", f"service-{kind}", model, level=3)
-        for sub in _nested(model, set()):  # option models inside it (a sandbox's limits)
+        # Option models inside it (a sandbox's limits); `cache` has its own section.
+        for sub in _nested(model, {cfg.CacheConfig}):
             section(sub.__name__, _anchor(sub), sub, level=4)
     sim = sim_options()
     if sim is not None:
@@ -473,4 +475,5 @@ def reference_markdown() -> str:
     section("graph edge", "graph-edge", cfg.Edge, level=3)
     section("runtime", "runtime", cfg.RuntimeConfig, "Where and how wide the run goes.")
     section("output", "output", cfg.OutputConfig)
+    section("cache", "cache", cfg.CacheConfig)
     return "\n".join(out)

@@ -37,6 +37,7 @@ from typing import Any
 import msgspec
 import zstandard
 
+from peerflow.cost import record_cost
 from peerflow.idset import IdSet, id_hash
 from peerflow.merge import (
     Recovered,
@@ -76,6 +77,7 @@ class OutputRecord(msgspec.Struct, omit_defaults=True):
     created: float = 0.0
     finished: float = 0.0
     tokens: dict[str, int] | None = None
+    cost_usd: float | None = None  # the sum of its steps' costs, when priced (peerflow.cost)
     metrics: dict[str, Any] | None = None
     peerflow: str | None = None  # version that wrote the record
     fingerprint: str | None = None  # of the config that shaped it
@@ -105,6 +107,7 @@ def to_record(
         created=message.created,
         finished=message.finished,
         tokens={"prompt": prompt, "completion": completion} if prompt or completion else None,
+        cost_usd=record_cost(message),
         metrics=metrics,
         peerflow=provenance.get("peerflow") if provenance else None,
         fingerprint=provenance.get("fingerprint") if provenance else None,

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from peerflow.cost import CostTally
 from peerflow.message import ERROR, OK, Message, Step
 
 _BUCKETS_PER_DOUBLING = 8
@@ -171,6 +172,7 @@ _RECORD_FIELDS = (
     "completion_tokens",
     "metric_sums",
     "metric_counts",
+    "cost",
 )
 
 
@@ -196,6 +198,7 @@ class RunStats:
         self.finished_before = 0
         self.extra: dict[str, Any] = {}
         self.error_samples: list[dict[str, Any]] = []
+        self.cost = CostTally()  # dollars and token details (peerflow.cost)
 
     def observe(self, message: Message, metrics: dict[str, Any] | None) -> None:
         self.by_status[message.status] += 1
@@ -237,6 +240,7 @@ class RunStats:
             if len(rs.latency.pending) >= _FOLD_AT:
                 rs.latency.fold()
         self.prompt_tokens += prompt
+        self.cost.observe(message)
         self.completion_tokens += completion
         self.steps += message.hops
         ended = message.rejection or (message.error if message.status == ERROR else None)
@@ -289,6 +293,7 @@ class RunStats:
         for k, n in src.metric_counts.items():
             self.metric_counts[k] += n
         self.duplicates += src.duplicates
+        self.cost.merge(src.cost)
         room = 5 - len(self.error_samples)
         if room > 0:
             self.error_samples.extend(src.error_samples[:room])
@@ -361,7 +366,12 @@ class RunStats:
             "tasks_per_second": round(done / wall, 3),
             "steps": self.steps,
             "steps_per_second": round(self.steps / wall, 1),
-            "tokens": {"prompt": self.prompt_tokens, "completion": self.completion_tokens},
+            "tokens": {
+                "prompt": self.prompt_tokens,
+                "completion": self.completion_tokens,
+                **self.cost.tokens(),
+            },
+            "cost": self.cost.summary(),
             "completion_tokens_per_second": round(self.completion_tokens / wall, 1),
             "task_latency_seconds": self.task_latency.summary(),
             # Tool calls run and those that failed (returned to the model with is_error).

@@ -219,20 +219,30 @@ def test_local_model_command(tmp_path: Path) -> None:
     gguf = tmp_path / "tiny-model.gguf"
     gguf.write_bytes(b"GGUF")
     pytest.importorskip("llama_cpp")
-    svc = LocalModelService("local", model=str(gguf), n_ctx=512, n_threads=3)
+    svc = LocalModelService("local", model=str(gguf), n_ctx=512, n_threads=3, slots=6)
     svc.check_available()
     cmd = svc.server_command(1234)
-    assert cmd[:3] == [sys.executable, "-m", "llama_cpp.server"]
+    assert cmd[:3] == [sys.executable, "-m", "peerflow.services.llama_batch"]
     args = dict(zip(cmd[3::2], cmd[4::2], strict=True))
     assert args == {
         "--model": str(gguf.resolve()),
         "--host": "127.0.0.1",
         "--port": "1234",
-        "--n_ctx": "512",
-        "--model_alias": "tiny-model",
-        "--n_threads": "3",
+        "--n-ctx": "512",
+        "--slots": "6",
+        "--model-alias": "tiny-model",
+        "--n-threads": "3",
     }
     assert svc.model == "tiny-model"
+    env = svc.server_env()
+    assert env is not None
+    assert str(Path(managed.__file__).resolve().parents[2]) in env["PYTHONPATH"].split(os.pathsep)
+    # Without `slots`: 16, fewer for long contexts (32768 KV tokens in all), at least 4.
+    default = LocalModelService("local", model=str(gguf), n_ctx=4096)
+    assert default.slots == 8
+    sizes = (512, 2048, 4096, 8192, 32768)
+    assert [LocalModelService.default_slots(n) for n in sizes] == [16, 16, 8, 4, 4]
+    assert "--n-threads" not in default.server_command(1)
 
 
 def test_local_model_missing_deps_hint(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
+from peerflow.cost import price_step
 from peerflow.loading import user_frame
 from peerflow.message import Message, Step
 from peerflow.services.base import ChatResult, Service, error_kind
@@ -141,6 +142,8 @@ class Agent:
                 step.endpoint = result.endpoint_index
             if step.finish_reason is None:
                 step.finish_reason = result.finish_reason
+        # What the reply cost, if its service has a price (a failed step's reply was paid too).
+        price_step(step, getattr(self, "service", None))
 
 
 def failed_step(role: str, exc: BaseException, result: Any = None) -> Step:
@@ -200,6 +203,7 @@ def to_step(role: str, result: Any) -> Step:
             attempts=result.attempts,
             endpoint=result.endpoint_index,
             finish_reason=result.finish_reason,
+            cached=result.cached,
         )
     if isinstance(result, str):
         return Step(role=role, content=result)

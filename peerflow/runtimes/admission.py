@@ -19,6 +19,7 @@ import contextlib
 from collections.abc import Callable
 from typing import Any
 
+from peerflow.cost import budget_reason
 from peerflow.message import RUNNING, Message
 from peerflow.pipeline import Pipeline
 from peerflow.runtimes.steps import misroute
@@ -59,6 +60,12 @@ class Admission:
         self.failure: BaseException | None = None
         # Set when every admitted task is finished, or when the run must stop.
         self.over = asyncio.Event()
+        # `runtime.budget_usd`: admission ends once finished records cost that much; the
+        # tasks in flight finish, and the run then ends with `exhausted` (peerflow.cost).
+        self.budget: float | None = pipeline.config.runtime.budget_usd
+        self.exhausted: RunStopped | None = None
+        if self.budget is not None:
+            stats.extra["budget"] = {"usd": self.budget, "reached": False}
 
     # --- the failure path ----------------------------------------------------------------
     def stop(self, exc: BaseException) -> None:
@@ -102,6 +109,9 @@ class Admission:
                     return
                 if self.failure is not None:
                     return
+                if self.budget is not None and self.stats.cost.usd >= self.budget:
+                    self._out_of_budget()
+                    return
                 self.in_flight += 1
                 role = pipeline.start(message) if message.status == RUNNING else None
                 if not dispatch(message, role):
@@ -130,6 +140,18 @@ class Admission:
                         await task
         if self.failure is not None:
             raise self.failure
+        if self.exhausted is not None:
+            raise self.exhausted
+
+    def _out_of_budget(self) -> None:
+        spent = self.stats.cost.usd
+        self.stats.extra["budget"] = {
+            "usd": self.budget,
+            "reached": True,
+            "spent_at_stop_usd": round(spent, 6),
+            "in_flight_at_stop": self.in_flight,
+        }
+        self.exhausted = RunStopped(budget_reason(spent, self.budget or 0.0), code=3)
 
     async def _watch_aborts(self) -> None:
         watch = self.watch

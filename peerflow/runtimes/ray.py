@@ -96,6 +96,7 @@ class RayRuntime:
     async def run(self, pipeline: Pipeline, sink: Sink, stats: RunStats, watch: Any = None) -> None:
         import ray
 
+        from peerflow.services.adaptive import shared_limits
         from peerflow.services.cluster import services_on_cluster
 
         started_ray = self._init_ray(pipeline.config)
@@ -106,6 +107,8 @@ class RayRuntime:
             # which the driver (health checks, the watch) and the actors use.
             async with (
                 services_on_cluster(pipeline.config, self.run_id) as config,
+                # One adaptive limit per LLM service, shared by every actor calling it.
+                shared_limits(config, self.run_id, stats) as config,
                 pipeline.running_services(watch, config.services, stats),
             ):
                 if self.config.metrics_port is not None:

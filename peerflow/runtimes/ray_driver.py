@@ -156,6 +156,10 @@ class Ledger:
         return +counts
 
 
+# Response-cache counters of a service (`CachedService.cache_stats`), summed over actors.
+_CACHE_COUNTS = ("hits", "misses", "stored", "store_errors")
+
+
 class ActorWatches:
     """The role actors' service watches, seen by `Admission` as one `ServiceWatch`.
 
@@ -221,6 +225,11 @@ class ActorWatches:
                     o[k] += r[k]
                 o["paused_seconds"] = max(o["paused_seconds"], r["paused_seconds"])
                 o["tripped"] = o["tripped"] or r["tripped"]
+                if "cache" in r:  # response-cache counters: summed over the actors
+                    if o.get("cache", r["cache"]) is r["cache"]:  # sum into a zeroed copy
+                        o["cache"] = dict(r["cache"], **dict.fromkeys(_CACHE_COUNTS, 0))
+                    for k in _CACHE_COUNTS:
+                        o["cache"][k] += r["cache"].get(k, 0)
         return out
 
 

@@ -73,6 +73,8 @@ def client_options(cfg: Any) -> dict[str, Any]:
         "max_connections": cfg.max_connections,
         "extra_body": dict(cfg.extra_body),
         "structured_output": structured_output(cfg),
+        "concurrency": cfg.concurrency,  # peerflow.services.adaptive
+        "price": cfg.price,  # peerflow.cost
     }
 
 
@@ -132,6 +134,7 @@ def build_service(name: str, cfg: Any, *, host: str = "127.0.0.1") -> Service:
             model=cfg.model,
             n_ctx=cfg.n_ctx,
             n_threads=cfg.n_threads,
+            slots=cfg.slots,
             startup_timeout=cfg.startup_timeout,
             replicas=cfg.replicas,
             host=host,

@@ -98,3 +98,5 @@ class ChatResult(msgspec.Struct, omit_defaults=True):
     attempts: int = 1
     endpoint: str | None = None
     endpoint_index: int | None = None
+    # Answered from the response cache (`peerflow.services.cache`): no request was sent.
+    cached: bool = False

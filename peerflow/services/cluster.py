@@ -271,11 +271,14 @@ async def services_on_cluster(config: RunConfig, run_id: str) -> AsyncIterator[R
 
     from peerflow.placement import actor_options
     from peerflow.services import build_service, client_options
+    from peerflow.services.cache import replays
 
     managed = {
         name: cfg
         for name, cfg in config.services.items()
-        if cfg.kind != "openai" and not (cfg.kind in ("tool_env", "sandbox") and cfg.urls)
+        if cfg.kind != "openai"
+        and not (cfg.kind in ("tool_env", "sandbox") and cfg.urls)
+        and not replays(config, name, cfg)  # a replay answers from its cache: no server
     }
     if not managed:
         yield config
@@ -317,6 +320,7 @@ async def services_on_cluster(config: RunConfig, run_id: str) -> AsyncIterator[R
                     kind="openai",
                     model=build_service(service, cfg).model,  # type: ignore[attr-defined]
                     registry=name,
+                    cache=cfg.cache,
                     **client_options(cfg),
                 )
             )

@@ -21,6 +21,7 @@ sent to one that left finish or fail as they would, and their retries go to the 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import email.utils
 import hashlib
 import logging
@@ -32,6 +33,8 @@ from typing import Any
 import aiohttp
 import orjson
 
+from peerflow.cost import as_price, flat_usage
+from peerflow.services.adaptive import HOSTED_API_INITIAL, Settings, make_limiter
 from peerflow.services.base import ChatResult, ServiceError, transient_status
 from peerflow.services.http1 import Pool, split_http_url
 
@@ -88,12 +91,26 @@ class _Endpoint:
 
     def mark_failure(self, now: float) -> None:
         self.fails += 1
-        self.down_until = now + min(_COOLDOWN_MAX, _COOLDOWN_BASE * 2 ** (self.fails - 1))
+        # The exponent is capped: after ~1,000 failures in a row (a long rate-limited stretch)
+        # 2 ** fails no longer converts to a float.
+        self.down_until = now + min(_COOLDOWN_MAX, _COOLDOWN_BASE * 2 ** min(self.fails - 1, 30))
 
     def mark_success(self) -> None:
         if self.fails or self.down_until:
             self.fails = 0
             self.down_until = 0.0
+
+
+def _slow_start_for_apis(concurrency: Any, endpoints: list[str]) -> Any:
+    """A hosted API (https) rate-limits by account, and a burst beyond its quota is answered
+    by one 429 per request: its adaptive limit starts slow unless `initial` says otherwise.
+    A server of one's own (http) queues instead, and gets every request until it pushes back."""
+    settings = Settings.of(concurrency)
+    if settings is None or settings.initial is not None:
+        return concurrency
+    if any(e.startswith("https://") for e in endpoints):
+        return dataclasses.replace(settings, initial=HOSTED_API_INITIAL)
+    return settings
 
 
 def _normalise_base(url: str) -> str:
@@ -169,6 +186,8 @@ class OpenAIService:
         max_connections: int = 1024,
         extra_body: dict[str, Any] | None = None,
         structured_output: str = "response_format",
+        concurrency: Any = None,
+        price: Any = None,
     ):
         if max_retries < 0:
             raise ValueError("max_retries must be >= 0")
@@ -187,6 +206,12 @@ class OpenAIService:
         self.extra_body = dict(extra_body) if extra_body else {}
         # How a structured role's schema is asked of this server (`peerflow.agents.structured`).
         self.structured_output = structured_output
+        # The adaptive concurrency limit (`peerflow.services.adaptive`; None: no limit beyond
+        # max_connections) and the price of a token (`peerflow.cost`; None: not priced).
+        self.limiter = make_limiter(
+            name, _slow_start_for_apis(concurrency, self.endpoints), retry_after_max=retry_after_max
+        )
+        self.price = as_price(price)
         self._session: aiohttp.ClientSession | None = None
         self._headers: dict[str, str] = {"Content-Type": "application/json"}
         self._secret: str | None = None
@@ -270,6 +295,8 @@ class OpenAIService:
 
     async def stop(self) -> None:
         session, self._session = self._session, None
+        if self.limiter is not None:
+            await self.limiter.close()
         for ep in self._known.values():
             if isinstance(ep.lean, tuple):
                 ep.lean[0].close()
@@ -442,6 +469,9 @@ class OpenAIService:
                 if attempt + 1 < attempts:
                     await asyncio.sleep(self._delay(attempt, None))
                 continue
+            limiter = self.limiter
+            ticket = await limiter.acquire() if limiter is not None else (0.0, 0)
+            status, timed_out = 0, False
             ep = self._pick(key, avoid)
             ep.requests += 1
             if attempt:
@@ -466,6 +496,7 @@ class OpenAIService:
                             retry_after = _retry_after_seconds(resp.headers.get("Retry-After"))
             except asyncio.TimeoutError as e:
                 status, raw = 0, b""
+                timed_out = True
                 last_exc = e
                 last_error = (
                     f"timed out (timeout {self.timeout:g}s, connect {self.connect_timeout:g}s)"
@@ -476,6 +507,10 @@ class OpenAIService:
                 last_error = f"{type(e).__name__}: {e}"
             finally:
                 ep.outstanding -= 1
+                if limiter is not None:
+                    limiter.release(
+                        ticket, status=status, timed_out=timed_out, retry_after=retry_after
+                    )
 
             if 200 <= status < 300:
                 try:
@@ -496,10 +531,7 @@ class OpenAIService:
                 else:
                     ep.mark_success()
                     usage = data.get("usage")
-                    if usage.__class__ is dict:
-                        usage = {k: v for k, v in usage.items() if v.__class__ is int}
-                    else:
-                        usage = None
+                    usage = flat_usage(usage) if usage.__class__ is dict else None
                     return ChatResult(
                         content=content,
                         tool_calls=message.get("tool_calls") or None,

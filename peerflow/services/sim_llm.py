@@ -81,6 +81,15 @@ before the next other message, a malformed ``tools`` list (``type: function``, a
 (``guided_json`` not a schema object, ``structured_outputs`` without an object ``json``...).
 ``--strict false`` turns this off.
 
+Rate limit. ``--rate-limit-rps R`` puts a provider's quota in front of the engine: a token
+bucket of ``--rate-limit-burst B`` requests (default: one second's, ``R``), refilled at ``R``
+a second in real time (``time_scale`` does not apply). A request that finds it empty gets HTTP
+429 ``rate_limit_error`` at once, before the engine sees it, with ``Retry-After`` the
+(fractional) seconds until a token is back, and counts in ``rate_limited`` (``GET /stats``).
+Unlike ``--rate-limit-rate`` (a random 429 per request, whatever the load) it answers to the
+load: what a client that adapts its concurrency (``benchmarks/bench_rate_limit.py``) must
+find and stay under.
+
 Run it with ``python -m peerflow.services.sim_llm --port 8000 --script coral`` or in-process
 via `SimLLMServer`.
 """
@@ -189,6 +198,8 @@ class SimOptions:
     garbage_rate: float = 0.0
     invalid_json_rate: float = 0.0
     strict: bool = True
+    rate_limit_rps: float = 0.0
+    rate_limit_burst: float = 0.0
 
     def __post_init__(self) -> None:
         # Fail at startup: a bad value would otherwise surface as a hang or a crashed engine.
@@ -212,6 +223,8 @@ class SimOptions:
         # Not a transport fault (the reply is a normal 200), so it does not share their budget.
         if not 0 <= self.invalid_json_rate <= 1:
             raise ValueError("invalid_json_rate must be between 0 and 1")
+        if self.rate_limit_rps < 0 or self.rate_limit_burst < 0:
+            raise ValueError("rate_limit_rps and rate_limit_burst must be >= 0")
 
 
 class SimServiceOptions(BaseModel):
@@ -243,6 +256,8 @@ class SimServiceOptions(BaseModel):
     garbage_rate: float = Field(default=0.0, ge=0, le=1)
     invalid_json_rate: float = Field(default=0.0, ge=0, le=1)
     strict: bool = True
+    rate_limit_rps: float = Field(default=0.0, ge=0)
+    rate_limit_burst: float = Field(default=0.0, ge=0)
 
     @model_validator(mode="after")
     def _whole(self) -> SimServiceOptions:
@@ -1574,6 +1589,31 @@ def _error(
     )
 
 
+class _TokenBucket:
+    """A provider's request rate limit: `rps` tokens a second, at most `burst` saved up.
+
+    Real time, not simulated time (`time_scale` does not apply): it models an API's quota,
+    not the engine. Starts full, as a quota does after an idle minute.
+    """
+
+    def __init__(self, rps: float, burst: float):
+        self.rps = rps
+        self.burst = max(1.0, burst or rps)
+        self.tokens = self.burst
+        self.at = time.monotonic()
+
+    def take(self) -> float:
+        """0.0 if a request may pass (its token is taken), else the seconds until one may."""
+        now = time.monotonic()
+        tokens = min(self.burst, self.tokens + (now - self.at) * self.rps)
+        self.at = now
+        if tokens >= 1.0:
+            self.tokens = tokens - 1.0
+            return 0.0
+        self.tokens = tokens
+        return (1.0 - tokens) / self.rps
+
+
 class SimLLMServer:
     """The simulator as an in-process aiohttp server, for tests and benchmarks.
 
@@ -1586,6 +1626,10 @@ class SimLLMServer:
         self.script = load_script(self.options)
         self.engine = _Engine(self.options)
         self.faults = random.Random(_digest("faults", self.options.seed))
+        o = self.options
+        self.bucket = (
+            _TokenBucket(o.rate_limit_rps, o.rate_limit_burst) if o.rate_limit_rps else None
+        )
         self.url: str | None = None
         self.port: int | None = None
         self.started = time.time()
@@ -1597,6 +1641,7 @@ class SimLLMServer:
             "rate_limited_injected": 0,
             "garbage_injected": 0,
             "invalid_json_injected": 0,
+            "rate_limited": 0,
             "script_errors": 0,
             "prompt_tokens": 0,
             "completion_tokens": 0,
@@ -1715,6 +1760,17 @@ class SimLLMServer:
     async def _chat(self, request: web.Request) -> web.Response:
         self.counters["requests"] += 1
         number = self.counters["requests"]
+        if self.bucket is not None:
+            await request.read()  # a client's whole request arrives before the verdict
+            wait = self.bucket.take()
+            if wait:
+                self.counters["rate_limited"] += 1
+                return _error(
+                    429,
+                    "peerflow-simulator: rate limit reached (rate_limit_rps)",
+                    "rate_limit_error",
+                    {"Retry-After": f"{math.ceil(wait * 1000) / 1000:g}"},
+                )
         try:
             chat = _Chat(orjson.loads(await request.read()), self.options)
         except (orjson.JSONDecodeError, ValueError) as exc:
@@ -1880,6 +1936,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=d.invalid_json_rate,
         help="structured-output requests only: a normal reply whose content fails the schema "
         "(not JSON, a required property missing, or a property of the wrong type)",
+    )
+    g = p.add_argument_group("rate limit (a provider's quota, in real time)")
+    g.add_argument(
+        "--rate-limit-rps",
+        type=float,
+        default=d.rate_limit_rps,
+        help="token bucket: requests a second; beyond, HTTP 429 with Retry-After (0 = none)",
+    )
+    g.add_argument(
+        "--rate-limit-burst",
+        type=float,
+        default=d.rate_limit_burst,
+        help="token bucket size: requests allowed at once after a pause (0 = one second's)",
     )
     return p
 

@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from peerflow.services.base import Service, ServiceError, ServiceUnavailable, error_kind
+from peerflow.services.cache import CacheMiss
 
 __all__ = ["ServiceWatch", "WatchedService"]
 
@@ -138,6 +139,8 @@ class WatchedService:
             st.calls += 1
             try:
                 result = await inner.call(request, key=key)
+            except CacheMiss:
+                raise  # a replay without this request recorded: says nothing of the service
             except Exception as exc:
                 st.failures += 1
                 st.last_error = _describe(exc)
@@ -287,6 +290,9 @@ class ServiceWatch:
                 "paused_seconds": round(paused, 3),
                 "tripped": st.tripped,
             }
+            cache_stats = getattr(st.service, "cache_stats", None)
+            if cache_stats is not None:  # hits and misses of its response cache
+                out[st.name]["cache"] = cache_stats()
         return out
 
     # ------------------------------------------------------------------ internals
