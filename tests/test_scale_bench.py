@@ -7,6 +7,7 @@ series and chart. The assertions are about the measurement being sane, never abo
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import sys
@@ -28,7 +29,10 @@ def test_tiny_scale_run_samples_a_sane_time_series(tmp_path):
     chart = tmp_path / "chart.png"
     out = tmp_path / "out"
     args = ["--in-flight", str(IN_FLIGHT), "--rows", str(ROWS), "--time-scale", "0.05"]
-    args += ["--interval", "0.2", "--json", str(series_path), "--plot", str(chart)]
+    args += ["--interval", "0.2", "--json", str(series_path)]
+    # matplotlib comes with the `bench` extra, not the test install: the chart when it can
+    plotting = importlib.util.find_spec("matplotlib") is not None
+    args += ["--plot", str(chart)] if plotting else ["--no-plot"]
     result = bench_scale.main([*args, "--out", str(out)])
 
     data = json.loads(series_path.read_text())
@@ -67,7 +71,7 @@ def test_tiny_scale_run_samples_a_sane_time_series(tmp_path):
     # last few replies: the replicas exit with the run).
     llm_steps = sum(1 for r in records for step in r["history"] if step.get("usage"))
     assert 0.9 * llm_steps <= data["llm_steps"] <= llm_steps
-    assert chart.stat().st_size > 10_000
+    assert not plotting or chart.stat().st_size > 10_000
     assert result["records"] == data["records"]
     # No simulator outlived the run.
     assert probe.sim_children(os.getpid()) == {}
