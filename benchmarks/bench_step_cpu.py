@@ -52,6 +52,23 @@ def one(endpoints: list[str], rows: int, in_flight: int, client: str) -> tuple[f
     return cpu, sum(summary["roles"][r]["steps"] for r in LLM_ROLES)
 
 
+def coral_sims(replicas: int, time_scale: float, output_median: float) -> Pools:
+    """Started simulator replicas playing Coral, each in its own process."""
+    opts = {
+        "script": "coral",
+        "agree_after": 2,
+        "time_scale": time_scale,
+        "seed": 0,
+        "output_median": output_median,  # 330: the paper's ~2k tokens a trajectory
+        "output_sigma": 0.5,
+        "max_num_seqs": 256,
+        "kv_capacity": 4_000_000,  # room for every sequence: no KV queueing
+    }
+    pools = Pools([PoolSpec("llm", replicas, opts)])
+    pools.start()
+    return pools
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=3000)
@@ -62,18 +79,7 @@ def main() -> None:
     parser.add_argument("--time-scale", type=float, default=0.02, help="the simulators'")
     parser.add_argument("--clients", nargs="+", default=["aiohttp", "lean"])
     args = parser.parse_args()
-    opts = {
-        "script": "coral",
-        "agree_after": 2,
-        "time_scale": args.time_scale,
-        "seed": 0,
-        "output_median": args.output_median,  # 330: the paper's ~2k tokens a trajectory
-        "output_sigma": 0.5,
-        "max_num_seqs": 256,
-        "kv_capacity": 4_000_000,  # room for every sequence: no KV queueing
-    }
-    pools = Pools([PoolSpec("llm", args.replicas, opts)])
-    pools.start()
+    pools = coral_sims(args.replicas, args.time_scale, args.output_median)
     print(
         f"Coral, SIMULATED LLM ({args.replicas} replicas in their own processes), "
         f"{args.rows} rows, max_in_flight {args.in_flight}; CPU of peerflow's process only"

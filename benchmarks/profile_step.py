@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from nr_bench.pools import Pools, PoolSpec
+from bench_step_cpu import coral_sims
 
 REPO = Path(__file__).resolve().parent.parent
 CORAL = REPO / "examples" / "coral" / "coral_sim.yaml"
@@ -88,18 +88,7 @@ def main() -> None:
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(py_spy).exists():
         sys.exit("py-spy is not installed: pip install py-spy (or the `bench` extra)")
-    opts = {
-        "script": "coral",
-        "agree_after": 2,
-        "time_scale": args.time_scale,
-        "seed": 0,
-        "output_median": args.output_median,  # 330: the paper's ~2k tokens a trajectory
-        "output_sigma": 0.5,
-        "max_num_seqs": 256,
-        "kv_capacity": 4_000_000,  # room for every sequence: no KV queueing
-    }
-    pools = Pools([PoolSpec("llm", args.replicas, opts)])
-    pools.start()
+    pools = coral_sims(args.replicas, args.time_scale, args.output_median)
     print(
         f"profile of `peerflow run` on Coral, SIMULATED LLM ({args.replicas} replicas, "
         f"time_scale {args.time_scale}), {args.rows} rows, max_in_flight {args.in_flight}"
