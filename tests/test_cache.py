@@ -423,3 +423,28 @@ async def test_ray_actors_share_the_cache_and_replay_starts_no_replica(
     assert summary["outcome"] == "complete", summary["reason"]
     assert summary["cache"]["llm"]["hits"] == 12 and summary["cache"]["llm"]["misses"] == 0
     assert contents(replayed) == contents(recorded)
+
+
+def test_processes_creating_one_cache_at_once_all_open_it(tmp_path: Path) -> None:
+    """Making a new file WAL meets "database is locked" when another process creates it too
+    (seen in CI); each must wait its turn, not fail."""
+    code = (
+        "import sys; from peerflow.services.cache import ResponseStore; "
+        "s = ResponseStore(sys.argv[1]); s.open(); s.close(); print('opened')"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for round_ in range(5):
+        path = tmp_path / f"new{round_}.db"
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", code, str(path)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=env,
+            )
+            for _ in range(6)
+        ]
+        for proc in procs:
+            out, err = proc.communicate(timeout=60)
+            assert proc.returncode == 0 and "opened" in out, err

@@ -237,6 +237,24 @@ def _connect(path: Path, *, readonly: bool) -> sqlite3.Connection:
     return conn
 
 
+def _ensure_wal(conn: sqlite3.Connection) -> None:
+    """Put the file in WAL mode (a property of the file: set once, every later connection
+    uses it). Two processes creating the file at once meet SQLite's "database is locked",
+    which the busy timeout does not cover for a journal-mode change: retry until it holds."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    delay = 0.01
+    while True:
+        try:
+            if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)
+
+
 class ResponseStore:
     """The SQLite file of cached responses, for one process.
 
@@ -262,8 +280,7 @@ class ResponseStore:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = _connect(self.path, readonly=False)
             try:
-                # WAL is a property of the file: set once, every later connection uses it.
-                conn.execute("PRAGMA journal_mode = WAL")
+                _ensure_wal(conn)
                 conn.execute("BEGIN IMMEDIATE")
                 try:
                     for statement in filter(None, (s.strip() for s in _SCHEMA.split(";"))):
