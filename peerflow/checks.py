@@ -371,3 +371,45 @@ def output_errors(config: RunConfig) -> Errors:
     if config.output.summary:
         errors += writable_errors(config.resolve(config.output.summary), ("output", "summary"))
     return errors
+
+
+def export_errors(config: RunConfig, specs: dict[str, Any]) -> list[tuple[tuple[str, ...], str]]:
+    """The `export` section: assistant roles that exist and have a chat, fields that compile,
+    `chat` and `dedup` naming fields, calibration solvers naming services."""
+    from peerflow.agents.llm import LLMAgent, compile_template
+
+    errors: list[tuple[tuple[str, ...], str]] = []
+    ex = config.export
+    for role in ex.assistant:
+        if role not in config.roles:
+            errors.append((("export", "assistant"), f"no role named {role!r}"))
+        elif role in specs and not issubclass(specs[role][0], LLMAgent):
+            errors.append(
+                (("export", "assistant"), f"roles.{role} is not an LLM role: it has no chat")
+            )
+    for name, source in ex.fields.items():
+        try:
+            compile_template(source, f"export.fields.{name}")
+        except ValueError as exc:
+            errors.append(
+                (("export", "fields", name), str(exc).removeprefix(f"export.fields.{name}: "))
+            )
+    for key, name in (ex.chat or {}).items():
+        if name not in ex.fields:
+            errors.append((("export", "chat", key), f"{name!r} is not a name under export.fields"))
+    if ex.chat is not None and not {"user", "assistant"} <= set(ex.chat):
+        errors.append((("export", "chat"), "needs both `user` and `assistant`"))
+    if ex.calibration is not None:
+        for n, solver in enumerate(ex.calibration.solvers):
+            if solver.service not in config.services:
+                errors.append(
+                    (("export", "calibration", "solvers", str(n), "service"),
+                     f"no service named {solver.service!r} under services")
+                )  # fmt: skip
+        for key in ("question", "answer"):
+            name = getattr(ex.calibration, key)
+            if name not in ex.fields:
+                errors.append(
+                    (("export", "calibration", key), f"{name!r} is not a name under export.fields")
+                )
+    return errors

@@ -272,6 +272,99 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _csv(text: str | None) -> list[str]:
+    return [part.strip() for part in (text or "").split(",") if part.strip()]
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Turn an output's records into training data (docs/export.md)."""
+    from pathlib import Path
+
+    from peerflow.config import ConfigError
+    from peerflow.export import ExportError, ExportRequest, command_line, export
+
+    req = ExportRequest(
+        output=Path(args.output),
+        dest=Path(args.dest),
+        shape=args.format,
+        to=args.to,
+        config=Path(args.config) if args.config else None,
+        assistant=_csv(args.assistant) or None,
+        status=_csv(args.status) or None,
+        reasons=_csv(args.reason),
+        where=args.where,
+        split=args.split,
+        seed=args.seed,
+        pair_by=args.pair_by,
+        margin=args.margin,
+        dedup=args.dedup,
+        dedup_threshold=args.threshold,
+        balance=args.balance,
+        per_bin=args.per_bin,
+        columns=_csv(args.columns),
+        limit=args.limit,
+        command=command_line(args.argv),
+    )
+    try:
+        report = export(req)
+    except (ExportError, ConfigError) as exc:
+        print(f"peerflow export: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"peerflow export: {exc.strerror or exc}: {exc.filename or ''}", file=sys.stderr)
+        return 2
+    written = ", ".join(f"{n:,} {s}" for s, n in report["written"].items()) or "nothing"
+    unit = {"sft": "examples", "dpo": "pairs", "records": "records"}[report["format"]]
+    print(f"read {report['records_read']:,} records; wrote {unit} to {report['dest']}: {written}")
+    for reason, n in sorted(report["removed"].items(), key=lambda kv: -kv[1]):
+        print(f"  left out {n:,}: {reason}")
+    if report.get("pairing"):
+        print(f"  pairing: {report['pairing']}")
+    print(f"  what was left out, per record: {report['removed_list']}")
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    """Measure each accepted item's difficulty with K solvers and an IRT fit (docs/export.md)."""
+    from pathlib import Path
+
+    from peerflow.config import ConfigError
+    from peerflow.export import ExportError, load_config
+    from peerflow.export.calibrate import calibrate, fit_and_write
+    from peerflow.report import _summary_for
+
+    output = Path(args.output)
+    try:
+        config = load_config(
+            output, Path(args.config) if args.config else None, _summary_for(output, None)
+        )
+        if config is None:
+            raise ExportError(f"{output} has no summary recording its config: give --config")
+        if args.fit_only:
+            meta = fit_and_write(output, config)
+        else:
+            import asyncio
+
+            meta = asyncio.run(calibrate(output, config, progress=not args.no_progress))
+    except (ExportError, ConfigError) as exc:
+        print(f"peerflow calibrate: {exc}", file=sys.stderr)
+        return 2
+    d = meta["difficulty"]
+    print(
+        f"calibrated {meta['items']:,} items with {meta['solvers']} solvers ({meta['model']}): "
+        f"difficulty mean {d['mean']:.2f}, sd {d['sd']:.2f}, range [{d['min']:.2f}, "
+        f"{d['max']:.2f}], median standard error {d['median_se']:.2f}; "
+        f"{meta['all_correct']} solved by all, {meta['none_correct']} by none"
+    )
+    for name, s in meta["solver_ability"].items():
+        print(
+            f"  {name}: ability {s['ability']:+.2f} (se {s['se']:.2f}), "
+            f"accuracy {s['accuracy']:.1%}"
+        )
+    print(f"difficulties: {output}.difficulty.jsonl")
+    return 0
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     """Print (or write) the config file's JSON Schema, for editors' completion and validation."""
     import json
@@ -330,6 +423,62 @@ def main(argv: list[str] | None = None) -> None:
     p_report.add_argument("-o", "--out", help="where to write it (default: <output>.report.html)")
     p_report.add_argument("--summary", help="the run's summary file, when output.summary moved it")
     p_report.set_defaults(fn=cmd_report)
+    p_export = sub.add_parser(
+        "export", help="turn an output into training data (SFT chats, DPO pairs, Parquet, datasets)"
+    )
+    p_export.add_argument("output", help="the run's output.path")
+    p_export.add_argument(
+        "dest", help="a .jsonl or .parquet file, or a folder (a Hugging Face datasets folder)"
+    )
+    p_export.add_argument(
+        "--format", default="sft", choices=("sft", "dpo", "records"),
+        help="sft: OpenAI `messages` chats; dpo: preference pairs; records: flat records",
+    )  # fmt: skip
+    p_export.add_argument("--to", choices=("jsonl", "parquet", "hf"), help="default: from DEST")
+    p_export.add_argument("--config", help="the run's config (default: the one in its summary)")
+    p_export.add_argument(
+        "--assistant", help="roles whose turns are the assistant's (default: export.assistant)"
+    )
+    p_export.add_argument(
+        "--status", help="statuses to keep, comma-separated (default: ok; dpo: ok,rejected)"
+    )
+    p_export.add_argument("--reason", help="keep rejected records only for these reasons")
+    p_export.add_argument(
+        "--where", action="append", default=[], metavar="COND",
+        help="keep records where PATH OP VALUE holds, e.g. 'metrics.reward >= 0.5' (repeatable)",
+    )  # fmt: skip
+    p_export.add_argument(
+        "--split", help="seeded split by input row, e.g. train=0.9,validation=0.05,test=0.05"
+    )
+    p_export.add_argument("--seed", type=int, default=0, help="seed of the split and sampling")
+    p_export.add_argument(
+        "--pair-by", help="dpo: the score path, higher is chosen (default: export.score, else "
+        "accepted over rejected)",
+    )  # fmt: skip
+    p_export.add_argument("--margin", type=float, default=0.0, help="dpo: least score gap")
+    p_export.add_argument(
+        "--dedup", nargs="?", const="default", metavar="PATH",
+        help="drop exact and near duplicates of PATH (default: export.dedup), first kept",
+    )  # fmt: skip
+    p_export.add_argument("--threshold", type=float, help="near-duplicate Jaccard threshold")
+    p_export.add_argument(
+        "--balance", type=int, metavar="BINS",
+        help="balance by calibrated difficulty: BINS equal-width bins (peerflow calibrate first)",
+    )  # fmt: skip
+    p_export.add_argument("--per-bin", type=int, help="rows per difficulty bin (default: fewest)")
+    p_export.add_argument("--columns", help="extra columns: paths or export.fields names")
+    p_export.add_argument("--limit", type=int, help="read at most this many records")
+    p_export.set_defaults(fn=cmd_export)
+    p_cal = sub.add_parser(
+        "calibrate", help="measure each accepted item's difficulty (K solvers, an IRT fit)"
+    )
+    p_cal.add_argument("output", help="the run's output.path")
+    p_cal.add_argument("--config", help="the run's config (default: the one in its summary)")
+    p_cal.add_argument(
+        "--fit-only", action="store_true", help="refit the answers already collected"
+    )
+    p_cal.add_argument("--no-progress", action="store_true")
+    p_cal.set_defaults(fn=cmd_calibrate)
     p_schema = sub.add_parser(
         "schema", help="print the JSON Schema of config files (for editor completion)"
     )
@@ -347,6 +496,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"unrecognized arguments: {' '.join(stray)}")
     if rest:
         args.overrides = [*getattr(args, "overrides", []), *rest]
+    args.argv = argv
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         code = args.fn(args)

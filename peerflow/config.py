@@ -762,6 +762,90 @@ class OutputConfig(Strict):
     )
 
 
+class SolverConfig(Strict):
+    """One solver configuration of `peerflow calibrate` (or `seeds` of them)."""
+
+    service: str = Field(description="The LLM service (under `services`) that answers.")
+    sampling: dict[str, Any] = Field(
+        default_factory=dict, description="Sampling parameters (`temperature`, `max_tokens`)."
+    )
+    seeds: int = Field(
+        default=1, ge=1, le=1000, description="Configurations made of this one, seeds seed, "
+        "seed+1, ...: one model at several seeds counts as several solvers.",
+    )  # fmt: skip
+    seed: int | None = Field(default=None, description="The (first) seed sent.")
+    name: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z_][\w-]*$",
+        description="The solver's name in the fit (default: solver<N>).",
+    )
+
+
+class CalibrationConfig(Strict):
+    """How `peerflow calibrate` measures the difficulty of generated items (docs/export.md)."""
+
+    question: str = Field(default="question", description="The `export.fields` name of an "
+                          "item's question.")  # fmt: skip
+    answer: str = Field(
+        default="answer", description="The `export.fields` name of its reference answer."
+    )
+    solvers: list[SolverConfig] = Field(
+        min_length=1, description="The K solver configurations whose answers are graded."
+    )
+    prompt: str = Field(
+        default="{{ question }}\n\nSolve the problem. End your reply with the final answer "
+        "alone, as \\boxed{ANSWER}.",
+        description="The solvers' prompt (a template; `question` is the item's question).",
+    )
+    system: str | None = Field(default=None, description="The solvers' system prompt.")
+    grade: str = Field(
+        default="boxed",
+        description="`boxed` (the reply's last \\boxed{} or last line equals the reference, "
+        "as numbers or as text) or `module:function(reply, reference) -> bool | float`.",
+    )
+    model: Literal["1pl", "2pl"] = Field(
+        default="1pl",
+        description="The IRT model: 1pl (difficulty only) or 2pl (and discrimination; wants "
+        "10 or more solvers).",
+    )
+
+
+class ExportConfig(Strict):
+    """How `peerflow export` and `peerflow calibrate` read this workflow's records
+    (docs/export.md); none of it changes what a run generates."""
+
+    assistant: list[str] = Field(
+        default_factory=list,
+        description="LLM roles whose turns are the `assistant`'s in exported chats, each "
+        "from its own point of view (its system prompt, what it was shown, its replies).",
+    )
+    fields: dict[str, str] = Field(
+        default_factory=dict,
+        description="Name -> Jinja template over a record (`row`, `history`, `last(role)`, "
+        "...): values that filters, deduplication, calibration and extra columns refer to "
+        "by name (the generated question, the reference answer).",
+    )
+    chat: dict[Literal["system", "user", "assistant"], str] | None = Field(
+        default=None,
+        description="A single-turn chat made of fields instead of a role's point of view: "
+        "`{user: question, assistant: answer}` (and optionally `system`), each an "
+        "`export.fields` name; for workflows whose answer is data, not a role's reply.",
+    )
+    score: str | None = Field(
+        default=None,
+        description="Path of a record's score (`metrics.reward`, `judge.score`): preference "
+        "pairs take the higher as chosen. Without it, accepted answers are chosen over "
+        "rejected ones.",
+    )
+    dedup: str | None = Field(
+        default=None,
+        description="Field or path `peerflow export --dedup` compares (the question).",
+    )
+    calibration: CalibrationConfig | None = Field(
+        default=None, description="Solvers and grading for `peerflow calibrate`."
+    )
+
+
 class RunConfig(Strict):
     name: str = Field(default="peerflow-run", description="The run's name, in summaries.")
     dataset: DatasetConfig = Field(description="The input rows.")
@@ -787,6 +871,10 @@ class RunConfig(Strict):
         default=None,
         description="The response cache of every LLM service (docs/cache.md); off by default. "
         "`peerflow run CONFIG cache.mode=replay` replays a recorded run with no server.",
+    )
+    export: ExportConfig = Field(
+        default_factory=ExportConfig,
+        description="How `peerflow export` turns records into training data (docs/export.md).",
     )
     prices: dict[str, PriceConfig] = Field(
         default_factory=dict,

@@ -19,7 +19,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from peerflow import checks
-from peerflow.agents import Agent, AgentOptions, agent_class
+from peerflow.agents import Agent, AgentOptions, DedupAgent, agent_class
 from peerflow.agents.environment import (
     EnvironmentAgent,
     environment_tools,
@@ -92,6 +92,10 @@ class Pipeline:
             except ValueError as exc:
                 errors.append((("roles", role, "agent"), str(exc)))
                 continue
+            if issubclass(cls, DedupAgent) and not options.output:  # type: ignore[attr-defined]
+                # A resumed run's seen set starts from the rows the output already accepted.
+                output = str(config.resolve(config.output.path))
+                options = options.model_copy(update={"output": output})
             service = getattr(options, "service", None)
             if service is not None and service not in config.services:
                 errors.append(
@@ -119,6 +123,7 @@ class Pipeline:
             errors += found
             if not found:
                 self.metrics_fn = load_object(config.metrics, what="metrics")
+        errors += checks.export_errors(config, self.agent_specs)
         errors += checks.sim_option_errors(config)
         errors += cache_errors(config)
         all_specs = {**self.agent_specs, **unchecked}

@@ -197,6 +197,9 @@ async def run_async(
         peerflow=__version__,
         fingerprint=fingerprint,
         config=config_record(config),
+        # Where the config's relative paths (templates, user code) resolve: `peerflow export`
+        # rebuilds the roles' prompts from the recorded config.
+        config_dir=str(Path(config.base_dir).resolve()),
         duplicate_input_ids=getattr(pipeline, "duplicate_ids", 0),
         outcome=outcome,
         reason=reason,

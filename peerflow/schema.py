@@ -312,6 +312,9 @@ ANCHORS = {
     "RuntimeConfig": "runtime",
     "OutputConfig": "output",
     "CacheConfig": "cache",
+    "ExportConfig": "export",
+    "CalibrationConfig": "export-calibration",
+    "SolverConfig": "export-solver",
 }
 
 
@@ -476,4 +479,7 @@ def reference_markdown() -> str:
     section("runtime", "runtime", cfg.RuntimeConfig, "Where and how wide the run goes.")
     section("output", "output", cfg.OutputConfig)
     section("cache", "cache", cfg.CacheConfig)
+    section("export", "export", cfg.ExportConfig)
+    section("export.calibration", "export-calibration", cfg.CalibrationConfig, level=3)
+    section("export.calibration.solvers[]", "export-solver", cfg.SolverConfig, level=3)
     return "\n".join(out)

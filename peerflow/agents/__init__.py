@@ -1,10 +1,11 @@
 """Agents: the per-role steps. Built-ins are named `llm`, `function`, `tools`, `language`,
-`environment`, `env_reward` and `sandbox` in YAML; anything else is a `module:Class`
+`environment`, `env_reward`, `sandbox` and `dedup` in YAML; anything else is a `module:Class`
 naming an `Agent` subclass."""
 
 from __future__ import annotations
 
 from peerflow.agents.base import Agent, AgentOptions, to_step
+from peerflow.agents.dedup import DedupAgent
 from peerflow.agents.environment import EnvironmentAgent, RewardAgent
 from peerflow.agents.function import FunctionAgent
 from peerflow.agents.language import LanguageAgent
@@ -21,12 +22,14 @@ BUILTIN_AGENTS: dict[str, type[Agent]] = {
     "environment": EnvironmentAgent,
     "env_reward": RewardAgent,
     "sandbox": SandboxAgent,
+    "dedup": DedupAgent,
 }
 
 __all__ = [
     "BUILTIN_AGENTS",
     "Agent",
     "AgentOptions",
+    "DedupAgent",
     "EnvironmentAgent",
     "FunctionAgent",
     "LLMAgent",

@@ -282,6 +282,46 @@ def log_histogram(
     return _frame(title, body)
 
 
+def histogram(
+    counts: Sequence[int],
+    edges: Sequence[float],
+    *,
+    title: str,
+    x_label: str,
+    unit: str = "items",
+    color: str = PALETTE[2],
+) -> str:
+    """Bars of `counts` between consecutive `edges` on a linear axis (a distribution of
+    values such as item difficulty)."""
+    total = sum(counts)
+    if not total or len(edges) != len(counts) + 1:
+        return empty(title, f"no {unit}")
+    x0, x1 = float(edges[0]), float(edges[-1])
+    if x1 <= x0:
+        x1 = x0 + 1.0
+    pw, ph = _W - _LEFT - _RIGHT, _H - _TOP - _BOTTOM
+    yt = nice_ticks(0, max(counts), 4)
+    ytop = yt[-1] or 1
+
+    def px(v: float) -> float:
+        return _LEFT + (v - x0) / (x1 - x0) * pw
+
+    def py(v: float) -> float:
+        return _TOP + ph - v / ytop * ph
+
+    body = _axes(nice_ticks(x0, x1, 6), yt, px, py, x0, x1, fmt_number, fmt_number, x_label)
+    for n, lo, hi in zip(counts, edges[:-1], edges[1:], strict=True):
+        if not n:
+            continue
+        x, w, y = px(lo), px(hi) - px(lo), py(n)
+        tip = f"{lo:.2f} to {hi:.2f}: {n:,} {unit} ({n / total:.1%})"
+        body.append(
+            f'<rect x="{x + 0.5:.1f}" y="{y:.1f}" width="{max(w - 1, 0.8):.1f}" '
+            f'height="{_TOP + ph - y:.1f}" fill="{color}"><title>{escape(tip)}</title></rect>'
+        )
+    return _frame(title, body)
+
+
 def rates(t: Sequence[float], cumulative: Sequence[float]) -> tuple[list[float], list[float]]:
     """Per-second rates between consecutive samples of a cumulative counter, placed at the
     middle of each interval (the counters only grow; a drop, as when a Ray sink restarts

@@ -324,6 +324,7 @@ def context(
         "tool calls."
     )
     name = summary.get("name") or output.name
+    difficulty = difficulty_section(output)
     nav = [
         ("overview", "Overview"),
         ("throughput", "Throughput"),
@@ -332,11 +333,13 @@ def context(
         ("outcomes", "Outcomes"),
         ("errors", "Errors"),
         *([("metrics", "Metrics")] if agg["metrics"] else []),
+        *([("difficulty", "Difficulty")] if difficulty else []),
         ("services", "Services"),
         ("config", "Config"),
         ("traces", "Trace view"),
     ]
     return {
+        "difficulty": difficulty,
         "title": f"peerflow report: {name}",
         "subtitle": (
             f"{summary.get('runtime', '?')} runtime · {output} · written {_when(time.time())}"
@@ -384,6 +387,49 @@ def context(
         "output": str(output),
         "css": Markup(CSS),
         "script": Markup(SCRIPT),
+    }
+
+
+def difficulty_section(output: Path) -> dict[str, Any] | None:
+    """The calibrated difficulty of the items (`peerflow calibrate`), when there is one."""
+    import numpy as np
+
+    from peerflow.export.calibrate import read_calibration_meta
+
+    meta = read_calibration_meta(output)
+    path = output.with_name(output.name + ".difficulty.jsonl")
+    if meta is None or not path.exists():
+        return None
+    values = []
+    with open(path, "rb") as f:
+        for line in f:
+            if line.strip():
+                values.append(float(json.loads(line)["difficulty"]))
+    if not values:
+        return None
+    arr = np.asarray(values)
+    counts, edges = np.histogram(arr, bins=min(30, max(5, len(arr) // 10)))
+    d = meta.get("difficulty") or {}
+    solvers = [
+        (name, f"{s['ability']:+.2f}", f"{s['se']:.2f}", f"{s['accuracy']:.1%}")
+        for name, s in (meta.get("solver_ability") or {}).items()
+    ]
+    return {
+        "chart": Markup(
+            charts.histogram(
+                [int(c) for c in counts],
+                [float(e) for e in edges],
+                title=f"Item difficulty ({len(arr):,} items, {str(meta.get('model')).upper()})",
+                x_label="difficulty (logits: a solver of equal ability is right half the time)",
+            )
+        ),
+        "note": (
+            f"{_n(len(arr))} items calibrated with {meta.get('solvers')} solver "
+            f"configurations; mean {d.get('mean', 0):.2f}, sd {d.get('sd', 0):.2f}, median "
+            f"standard error {d.get('median_se', 0):.2f}; {_n(meta.get('all_correct', 0))} "
+            f"solved by every solver, {_n(meta.get('none_correct', 0))} by none."
+        ),
+        "solvers": solvers,
     }
 
 

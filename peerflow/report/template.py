@@ -395,6 +395,15 @@ go on after a failed step). Linked rows open in the trace view.</p>
 {% for k, v in metrics %}<tr><td>{{ k }}</td><td class="n">{{ v }}</td></tr>{% endfor %}</table>
 </section>{% endif %}
 
+{% if difficulty %}<section id="difficulty"><h2>Difficulty</h2>
+<p class="note">{{ difficulty.note }}</p>
+<div class="charts">{{ difficulty.chart }}</div>
+{% if difficulty.solvers %}<table><tr><th>solver</th><th class="n">ability</th>
+<th class="n">se</th><th class="n">accuracy</th></tr>
+{% for name, a, se, acc in difficulty.solvers %}<tr><td>{{ name }}</td><td class="n">{{ a }}</td>
+<td class="n">{{ se }}</td><td class="n">{{ acc }}</td></tr>{% endfor %}</table>{% endif %}
+</section>{% endif %}
+
 <section id="services"><h2>Services</h2>
 {% if services %}<table><tr><th>service</th><th>what it is</th></tr>
 {% for s in services %}<tr data-service="{{ s.name }}"><td>{{ s.name }}</td>

@@ -96,6 +96,7 @@ class RayRuntime:
     async def run(self, pipeline: Pipeline, sink: Sink, stats: RunStats, watch: Any = None) -> None:
         import ray
 
+        from peerflow.agents.dedup import shared_seen_sets
         from peerflow.services.adaptive import shared_limits
         from peerflow.services.cluster import services_on_cluster
 
@@ -109,6 +110,8 @@ class RayRuntime:
                 services_on_cluster(pipeline.config, self.run_id) as config,
                 # One adaptive limit per LLM service, shared by every actor calling it.
                 shared_limits(config, self.run_id, stats) as config,
+                # One seen set per dedup role, shared by every actor of the role.
+                shared_seen_sets(config, self.run_id, stats) as config,
                 pipeline.running_services(watch, config.services, stats),
             ):
                 if self.config.metrics_port is not None:
