@@ -102,3 +102,22 @@ def check_placement(
             )
     if errors:
         raise PlacementError(config.error(errors))
+
+
+async def reports_then_kill(handles: dict[str, Any], timeout: float) -> dict[str, Any]:
+    """Each run-scoped helper actor's `report()` (or the error getting it), then the actor
+    killed: the end of a block that started one actor per service or role."""
+    import asyncio
+    import contextlib
+
+    import ray
+
+    reports: dict[str, Any] = {}
+    for name, handle in handles.items():
+        try:
+            reports[name] = await asyncio.wait_for(handle.report.remote(), timeout)
+        except Exception as exc:
+            reports[name] = {"error": f"{type(exc).__name__}: {exc}"}
+        with contextlib.suppress(Exception):
+            ray.kill(handle)
+    return reports

@@ -109,3 +109,22 @@ def sim(tmp_path: Path) -> Sim:
             await server.stop()
 
     return start
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[Callable[[Any], Any]]:
+    """`await fake(reply)`: a started `tests/fake_chat.py` server answering with `reply(body)`
+    (a strict OpenAI-like server: it refuses with a 400 what a strict one would)."""
+    from fake_chat import FakeChat
+
+    made: list[FakeChat] = []
+
+    async def make(reply: Any) -> FakeChat:
+        server = FakeChat(reply)
+        await server.start()
+        made.append(server)
+        return server
+
+    yield make
+    for server in made:
+        await server.close()

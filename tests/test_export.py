@@ -12,13 +12,12 @@ import os
 import random
 import tracemalloc
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
-from fake_chat import FakeChat, call
+from fake_chat import call
 
 from peerflow.config import RunConfig
 from peerflow.export import ExportError, ExportRequest, export
@@ -32,21 +31,6 @@ from peerflow.run import run_async
 from peerflow.sink import OutputRecord
 
 SYSTEM = "You are a helpful assistant."
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[Callable[[Any], Any]]:
-    made: list[FakeChat] = []
-
-    async def make(reply: Any) -> FakeChat:
-        server = FakeChat(reply)
-        await server.start()
-        made.append(server)
-        return server
-
-    yield make
-    for server in made:
-        await server.close()
 
 
 def tool_then_answer(body: dict[str, Any]) -> dict[str, Any]:

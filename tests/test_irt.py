@@ -213,6 +213,7 @@ def test_fit_is_a_maximum_of_the_posterior() -> None:
         (np.array([[0.0, 0.5]]), "0, 1 or NaN"),
         (np.array([[0.0, np.inf]]), "0, 1 or NaN"),
         (np.array([["1", "0"]]), "numeric"),
+        (np.array([[1 + 0j, 0j]]), "numeric"),
         (np.array([[1.0, 0.0], [np.nan, np.nan], [0.0, 1.0]]), "items with no responses.*1"),
         (np.array([[1.0, np.nan], [0.0, np.nan]]), "solvers with no responses.*1"),
     ],
@@ -230,6 +231,13 @@ def test_invalid_options_raise() -> None:
         irt.fit(y, prior_sd_difficulty=0.0)
     with pytest.raises(ValueError, match="missing"):
         irt.simulate(10, 3, missing=1.0)
+
+
+def test_fit_limits_blas_threads_when_threadpoolctl_is_present() -> None:
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    with irt._one_blas_thread():
+        blas = [i for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
+        assert blas and all(i["num_threads"] == 1 for i in blas)
 
 
 def test_bool_and_int_inputs_are_accepted() -> None:

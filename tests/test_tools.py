@@ -8,12 +8,11 @@ OpenAI server would reject; so a framework bug shows as a failed task here.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import pytest
-from fake_chat import FakeChat, call
+from fake_chat import call
 from pydantic import Field
 
 from peerflow.agents.tools import ToolDecl, ToolsAgent, ToolsOptions, tool_from_function
@@ -25,21 +24,6 @@ from peerflow.testing import strict_chat_errors
 
 ASSISTANT = "You are the assistant."
 CRITIC = "You are the critic."
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[Callable[[Any], Any]]:
-    made: list[FakeChat] = []
-
-    async def make(reply: Any) -> FakeChat:
-        server = FakeChat(reply)
-        await server.start()
-        made.append(server)
-        return server
-
-    yield make
-    for server in made:
-        await server.close()
 
 
 def config(tmp: Path, url: str, *, rows: int = 3, **over: Any) -> RunConfig:

@@ -167,8 +167,6 @@ async def shared_seen_sets(config: Any, run_id: str, stats: Any = None) -> Async
     builds its agent from it). On exit each actor's account goes to the run summary
     (`dedup`) and the actors are killed.
     """
-    import asyncio
-
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -194,13 +192,8 @@ async def shared_seen_sets(config: Any, run_id: str, stats: Any = None) -> Async
     try:
         yield config.model_copy(update={"roles": {**config.roles, **updated}})
     finally:
-        reports: dict[str, Any] = {}
-        for name, handle in handles.items():
-            try:
-                reports[name] = await asyncio.wait_for(handle.report.remote(), 10.0)
-            except Exception as exc:
-                reports[name] = {"error": f"{type(exc).__name__}: {exc}"}
-            with contextlib.suppress(Exception):
-                ray.kill(handle)
+        from peerflow.placement import reports_then_kill
+
+        reports = await reports_then_kill(handles, 10.0)
         if stats is not None:
             stats.extra["dedup"] = reports

@@ -29,6 +29,7 @@ import orjson
 from peerflow.export.records import (
     ExportError,
     RecordView,
+    as_float,
     group_of,
     known_path,
     parse_condition,
@@ -531,13 +532,7 @@ class _Exporter:
     def _score(self, view: RecordView) -> float | None:
         if not self.pair_by:
             return {OK: 1.0, REJECTED: 0.0}.get(view.record.status)
-        value = view.get(self.pair_by)
-        if isinstance(value, bool):
-            return float(value)
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            return None
+        return as_float(view.get(self.pair_by))
 
     # --- the whole export --------------------------------------------------------------
     def run(self) -> dict[str, Any]:

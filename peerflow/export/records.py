@@ -128,6 +128,16 @@ def known_path(path: str, fields: dict[str, Any], roles: set[str]) -> bool:
     )
 
 
+def as_float(value: Any) -> float | None:
+    """A number from a record's value (bools count as 0/1), or None when it is none."""
+    if isinstance(value, bool):
+        return float(value)
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
 # --- conditions ---------------------------------------------------------------------------
 
 _OPS: dict[str, Callable[[Any, Any], bool]] = {

@@ -23,6 +23,8 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from peerflow.export.records import as_float
+
 __all__ = ["BATCH", "Writer", "open_writer"]
 
 BATCH = 2048  # rows per Parquet row group, and the most rows held before a write
@@ -97,12 +99,7 @@ def _convert(value: Any, kind: pa.DataType) -> Any:
         return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
     if kind == pa.bool_():
         return value if isinstance(value, bool) else None
-    if isinstance(value, bool):
-        return float(value)
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
+    return as_float(value)
 
 
 class _ParquetFile:

@@ -496,14 +496,9 @@ async def shared_limits(config: Any, run_id: str, stats: Any = None) -> AsyncIte
     try:
         yield config.model_copy(update={"services": {**config.services, **clients}})
     finally:
-        reports: dict[str, Any] = {}
-        for name, handle in handles.items():
-            try:
-                reports[name] = await asyncio.wait_for(handle.report.remote(), 5.0)
-            except Exception as exc:
-                reports[name] = {"error": f"{type(exc).__name__}: {exc}"}
-            with contextlib.suppress(Exception):
-                ray.kill(handle)
+        from peerflow.placement import reports_then_kill
+
+        reports = await reports_then_kill(handles, 5.0)
         if stats is not None:
             stats.extra["concurrency"] = reports
 
