@@ -203,10 +203,12 @@ async def test_preference_pairs_take_the_best_and_worst_trial_of_each_row(
         assert p["chosen"] == [{"role": "assistant", "content": f"My answer is {best}"}]
         assert p["rejected"][0]["content"].endswith(str(int(p["score_rejected"])))
         assert group_of(p["id_chosen"]) == group_of(p["id_rejected"]) == p["id"]
-    # Rows whose trials all scored the same make no pair, and say so.
-    assert report["removed"].get("no pair (one record, or scores too close)", 0) == len(
-        scores
-    ) - len(expected)
+    # Every record is in a pair or left out with its reason: rows whose trials all scored
+    # the same make no pair; a row's middle trial is neither chosen nor rejected.
+    removed = report["removed"]
+    same = sum(len(s) for g, s in scores.items() if g not in expected)
+    assert removed.get("no pair (one trial, or scores too close)", 0) == same
+    assert sum(removed.values()) + 2 * len(pairs) == len(records)
 
 
 def test_common_prefix_ends_where_both_continue_with_the_assistant() -> None:

@@ -461,15 +461,18 @@ class _Exporter:
         from peerflow.export.validate import chat_errors
 
         assert self.perspective is not None
-        # Pass 1: per input row, the best and the worst record (a few bytes per row).
+        no_pair = "no pair (one trial, or scores too close)"
+        # Pass 1: per input row, the best and the worst candidate (a few bytes per record).
         best: dict[str, tuple[float, float, str]] = {}
         worst: dict[str, tuple[float, float, str]] = {}
+        candidates: set[str] = set()
         for view in self.selected():
             score = self._score(view)
-            if score is None:
-                self.removed(view.record.id, "no score", path=self.pair_by)
-                continue
             rid = view.record.id
+            if score is None:
+                self.removed(rid, "no score", path=self.pair_by)
+                continue
+            candidates.add(rid)
             group = group_of(rid)
             tie = unit_hash(self.req.seed, rid)
             if group not in best or (score, tie) > best[group][:2]:
@@ -479,45 +482,48 @@ class _Exporter:
         wanted: dict[str, tuple[str, str]] = {}  # record id -> (group, "chosen"/"rejected")
         for group, (score, _, rid) in best.items():
             low, _, wid = worst[group]
-            if rid == wid or score - low <= self.req.margin:
-                self.removed(rid, "no pair (one record, or scores too close)", group=group)
-                continue
-            wanted[rid] = (group, "chosen")
-            wanted[wid] = (group, "rejected")
+            if rid != wid and score - low > self.req.margin:
+                wanted[rid] = (group, "chosen")
+                wanted[wid] = (group, "rejected")
         # Pass 2: the two conversations of each pair; a half waits for its other half.
-        pending: dict[str, tuple[str, list[dict[str, Any]], float, Any]] = {}
+        pending: dict[str, tuple[Any, ...]] = {}
+        dropped: set[str] = set()
         for view in self.views():
             rid = view.record.id
             if rid not in wanted:
+                if rid in candidates:
+                    paired = best[group_of(rid)][2] in wanted
+                    self.removed(rid, "neither the best nor the worst trial" if paired else no_pair)
                 continue
             group, side = wanted[rid]
+            if group in dropped:
+                self.removed(rid, "its pair could not be made")
+                continue
             examples = list(self.perspective.examples(view.record, view))
             if not examples:
                 self.removed(rid, self.perspective.missing)
-                pending.pop(group, None)
-                wanted = {k: v for k, v in wanted.items() if v[0] != group}
+                dropped.add(group)
+                other = pending.pop(group, None)
+                if other is not None:
+                    self.removed(other[0], "its pair could not be made")
                 continue
             ex = examples[-1]
-            entry = (side, clean_messages(ex["messages"]), self._score(view), ex.get("tools"))
+            half = (rid, side, clean_messages(ex["messages"]), self._score(view), ex.get("tools"))
             other = pending.pop(group, None)
             if other is None:
-                pending[group] = (rid, *entry)  # type: ignore[assignment]
+                pending[group] = half
                 continue
-            a = (rid, *entry)
-            b = other
-            chosen, rejected = (a, b) if a[1] == "chosen" else (b, a)
+            chosen, rejected = (half, other) if side == "chosen" else (other, half)
             n = common_prefix(chosen[2], rejected[2])
-            if n == 0:
-                self.removed(chosen[0], "no shared prompt", other=rejected[0])
-                continue
-            prompt = chosen[2][:n]
             errors = chat_errors(chosen[2], chosen[4]) + chat_errors(rejected[2], rejected[4])
-            if errors:
-                self.removed(chosen[0], "invalid chat", errors=errors[:5])
+            if n == 0 or errors:
+                reason = "no shared prompt" if n == 0 else "invalid chat"
+                for one, two in ((chosen, rejected), (rejected, chosen)):
+                    self.removed(one[0], reason, other=two[0], errors=errors[:5])
                 continue
             row = {
                 "id": group,
-                "prompt": prompt,
+                "prompt": chosen[2][:n],
                 "chosen": chosen[2][n:],
                 "rejected": rejected[2][n:],
                 "score_chosen": chosen[3],
@@ -528,6 +534,8 @@ class _Exporter:
             }
             row.update(self.extra(view))
             yield split_of(group, self.fractions, self.req.seed), row
+        for half in pending.values():  # its other half was not read again (a changed output)
+            self.removed(half[0], "its pair could not be made")
 
     def _score(self, view: RecordView) -> float | None:
         if not self.pair_by:
