@@ -21,15 +21,16 @@ Endpoints (JSON bodies):
 
 `call_latency` and `call_cpu` add a per-call cost (a sleep, and a busy loop holding this
 server's single thread), to measure a workload whose tools cost what real ones do.
+
+What it shares with the sandbox server (503 at the cap, boot-prefixed ids, the idle
+reaper, owner release, `/health` and `/stats`) is `peerflow.services.pool_server`.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import itertools
 import os
-import secrets
 import time
 from typing import Any
 
@@ -37,6 +38,8 @@ from aiohttp import web
 
 from peerflow.envs.domain import Domain, DomainError, Environment, load_domain
 from peerflow.envs.reward import evaluate
+from peerflow.services import pool_server
+from peerflow.services.pool_server import error, read_json
 
 __all__ = ["EnvServer", "main"]
 
@@ -72,9 +75,9 @@ class EnvServer:
         self.lease_ttl = lease_ttl
         self.call_latency = call_latency
         self.call_cpu = call_cpu
-        self.boot = secrets.token_hex(4)  # a restarted server holds none of the old ids
+        self._ids = pool_server.BootIds()
+        self.boot = self._ids.boot  # a restarted server holds none of the old ids
         self.envs: dict[str, _Held] = {}
-        self._ids = itertools.count(1)
         self.counters = {
             "acquired": 0,
             "released": 0,
@@ -97,39 +100,31 @@ class EnvServer:
         app.router.add_get("/policy", self.policy)
         app.router.add_get("/health", self.health)
         app.router.add_get("/stats", self.stats)
-        app.on_startup.append(self._start_reaper)
+        pool_server.start_reaper(app, lambda: self.lease_ttl, self._expire)
         return app
 
-    async def _start_reaper(self, app: web.Application) -> None:
-        async def reap() -> None:
-            while True:
-                await asyncio.sleep(max(0.05, min(self.lease_ttl / 4, 5.0)))
-                cutoff = time.monotonic() - self.lease_ttl
-                for env_id in [k for k, h in self.envs.items() if h.used < cutoff]:
-                    del self.envs[env_id]
-                    self.counters["expired"] += 1
-
-        app["reaper"] = asyncio.ensure_future(reap())
+    async def _expire(self, cutoff: float) -> None:
+        """Reclaim the environments idle since before `cutoff` (their lease ran out)."""
+        for env_id in [k for k, h in self.envs.items() if h.used < cutoff]:
+            del self.envs[env_id]
+            self.counters["expired"] += 1
 
     # --- handlers --------------------------------------------------------
     async def acquire(self, request: web.Request) -> web.Response:
-        body = await _json(request)
+        body = await read_json(request)
         task = body.get("task") or {}
         if not isinstance(task, dict):
-            return _error(400, "'task' must be an object")
+            return error(400, "'task' must be an object")
         if len(self.envs) >= self.max_envs:
             self.counters["refused"] += 1
-            return web.json_response(
-                {"error": f"at capacity ({self.max_envs} environments)", "live": len(self.envs)},
-                status=503,
-                headers={"Retry-After": "0.1"},
-            )
+            what = f"{self.max_envs} environments"
+            return pool_server.at_capacity(what, "0.1", live=len(self.envs))
         env = self.domain.environment()
         try:
             env.initialize((task.get("initial_state") or {}).get("initialization_actions"))
         except DomainError as exc:
-            return _error(400, str(exc))
-        env_id = f"{self.boot}-{next(self._ids)}"
+            return error(400, str(exc))
+        env_id = self._ids.new()
         task_id = str(body.get("task_id") or task.get("id") or "")
         self.envs[env_id] = _Held(env, task, task_id, str(body.get("owner") or ""))
         self.counters["acquired"] += 1
@@ -140,7 +135,7 @@ class EnvServer:
         held = self._held(request)
         if held is None:
             return self._unknown(request)
-        body = await _json(request)
+        body = await read_json(request)
         if self.call_latency:
             await asyncio.sleep(self.call_latency)
         if self.call_cpu:
@@ -154,14 +149,14 @@ class EnvServer:
         return web.json_response({"content": outcome.content, "is_error": outcome.is_error})
 
     async def release_owner(self, request: web.Request) -> web.Response:
-        owner = request.query.get("owner")
-        if not owner:
-            return _error(400, "give ?owner=")
+        return await pool_server.release_by_owner(request, self._release_owner)
+
+    async def _release_owner(self, owner: str) -> int:
         mine = [k for k, h in self.envs.items() if h.owner == owner]
         for env_id in mine:
             del self.envs[env_id]
         self.counters["released"] += len(mine)
-        return web.json_response({"released": len(mine)})
+        return len(mine)
 
     async def release(self, request: web.Request) -> web.Response:
         held = self.envs.pop(request.match_info["id"], None)
@@ -170,10 +165,10 @@ class EnvServer:
         return web.json_response({"released": held is not None})
 
     async def reward(self, request: web.Request) -> web.Response:
-        body = await _json(request)
+        body = await read_json(request)
         task = body.get("task")
         if not isinstance(task, dict):
-            return _error(400, "'task' must be an object")
+            return error(400, "'task' must be an object")
         live = self.envs.get(str(body.get("env") or ""))
         try:
             out = evaluate(
@@ -185,7 +180,7 @@ class EnvServer:
                 live=live.env if live is not None else None,
             )
         except DomainError as exc:
-            return _error(400, str(exc))
+            return error(400, str(exc))
         self.counters["rewards"] += 1
         return web.json_response(out)
 
@@ -196,14 +191,13 @@ class EnvServer:
         return web.json_response({"policy": self.domain.policy})
 
     async def health(self, request: web.Request) -> web.Response:
-        return web.json_response(
-            {"ok": True, "boot": self.boot, "live": len(self.envs), "cap": self.max_envs}
-        )
+        return pool_server.health(self._state())
 
     async def stats(self, request: web.Request) -> web.Response:
-        return web.json_response(
-            {"boot": self.boot, "live": len(self.envs), "cap": self.max_envs, **self.counters}
-        )
+        return pool_server.stats(self._state(), self.counters)
+
+    def _state(self) -> dict[str, Any]:
+        return {"boot": self.boot, "live": len(self.envs), "cap": self.max_envs}
 
     # --- helpers ---------------------------------------------------------
     def _held(self, request: web.Request) -> _Held | None:
@@ -211,11 +205,8 @@ class EnvServer:
 
     def _unknown(self, request: web.Request) -> web.Response:
         env_id = request.match_info["id"]
-        if not env_id.startswith(self.boot + "-"):
-            why = "this server was restarted since (its environments were lost)"
-        else:
-            why = "it was released, or expired after its lease"
-        return _error(404, f"no environment {env_id!r} here: {why}", lost=True)
+        why = "it was released, or expired after its lease"
+        return self._ids.lost("environment", "environments", env_id, why)
 
 
 @web.middleware
@@ -226,21 +217,7 @@ async def _domain_bugs(request: web.Request, handler: Any) -> web.StreamResponse
     except web.HTTPException:
         raise
     except Exception as exc:
-        return _error(500, f"the domain's code raised {type(exc).__name__}: {exc}")
-
-
-async def _json(request: web.Request) -> dict[str, Any]:
-    try:
-        body = await request.json()
-    except ValueError:
-        raise web.HTTPBadRequest(text="the body must be JSON") from None
-    if not isinstance(body, dict):
-        raise web.HTTPBadRequest(text="the body must be a JSON object")
-    return body
-
-
-def _error(status: int, text: str, **more: Any) -> web.Response:
-    return web.json_response({"error": text, **more}, status=status)
+        return error(500, f"the domain's code raised {type(exc).__name__}: {exc}")
 
 
 def main(argv: list[str] | None = None) -> None:

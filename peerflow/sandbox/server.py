@@ -22,6 +22,9 @@ Endpoints (JSON bodies):
 At start the server checks its isolation (`Isolation.check`: bwrap found, a self-test
 passed) and says what is in force. If it cannot isolate, every run answers
 `status: refused` with the reason, unless it was started with `--isolation none`.
+
+What it shares with the environment server (503 at the cap, boot-prefixed ids, the idle
+reaper, owner release, `/health` and `/stats`) is `peerflow.services.pool_server`.
 """
 
 from __future__ import annotations
@@ -30,12 +33,10 @@ import argparse
 import asyncio
 import contextlib
 import fcntl
-import itertools
 import json
 import logging
 import os
 import resource
-import secrets
 import shutil
 import tempfile
 import time
@@ -55,6 +56,8 @@ from peerflow.sandbox.isolation import (
     sandbox_env,
 )
 from peerflow.sandbox.runner import classify, run_command
+from peerflow.services import pool_server
+from peerflow.services.pool_server import error, read_json
 
 __all__ = ["SandboxServer", "main"]
 
@@ -112,11 +115,11 @@ class SandboxServer:
         os.chmod(self.root, 0o700)
         self._lock = _hold_lock(self.root)  # released by the kernel however this ends
         self.swept = sweep_stale_roots(self.root.parent, keep=self.root)
-        self.boot = secrets.token_hex(4)
+        self._ids = pool_server.BootIds()
+        self.boot = self._ids.boot
         self.sessions: dict[str, _Session] = {}
         self._free_slots = list(range(max_concurrent))
         self._free_session_uids = list(range(max_sessions))
-        self._ids = itertools.count(1)
         self.counters: dict[str, Any] = {
             "runs": 0,
             "busy": 0,
@@ -142,22 +145,17 @@ class SandboxServer:
         app.router.add_delete("/sessions", self.handle_close_owner)
         app.router.add_get("/health", self.handle_health)
         app.router.add_get("/stats", self.handle_stats)
-        app.on_startup.append(self._start_reaper)
+        pool_server.start_reaper(app, lambda: self.session_ttl, self._expire)
         app.on_cleanup.append(self._cleanup)
         return app
 
-    async def _start_reaper(self, app: web.Application) -> None:
-        async def reap() -> None:
-            while True:
-                await asyncio.sleep(max(0.05, min(self.session_ttl / 4, 5.0)))
-                cutoff = time.monotonic() - self.session_ttl
-                for sid in [k for k, s in self.sessions.items() if s.used < cutoff]:
-                    session = self.sessions[sid]
-                    if not session.lock.locked():
-                        await self._drop(session)
-                        self.counters["sessions_expired"] += 1
-
-        app["reaper"] = asyncio.ensure_future(reap())
+    async def _expire(self, cutoff: float) -> None:
+        """Remove the sessions idle since before `cutoff` (none with a run in progress)."""
+        for sid in [k for k, s in self.sessions.items() if s.used < cutoff]:
+            session = self.sessions[sid]
+            if not session.lock.locked():
+                await self._drop(session)
+                self.counters["sessions_expired"] += 1
 
     async def _cleanup(self, app: web.Application) -> None:
         app["reaper"].cancel()
@@ -315,34 +313,26 @@ class SandboxServer:
                 session.used = time.monotonic()
 
     async def _run(self, request: web.Request, session: _Session | None) -> web.Response:
-        body = await _json(request)
+        body = await read_json(request, empty=True)
         try:
             result = await self.execute(body, session)
         except BadRequest as exc:
-            return _error(400, str(exc))
+            return error(400, str(exc))
         except _Busy:
             self.counters["busy"] += 1
-            return web.json_response(
-                {"error": f"at capacity ({self.max_concurrent} executions)"},
-                status=503,
-                headers={"Retry-After": "0.05"},
-            )
+            return pool_server.at_capacity(f"{self.max_concurrent} executions", "0.05")
         except OSError as exc:  # the server could not start the sandbox (fork, pipes)
             log.warning("starting an execution failed: %s", exc)
-            return _error(503, f"could not start the execution: {exc}")
+            return error(503, f"could not start the execution: {exc}")
         return web.json_response(result)
 
     async def handle_open(self, request: web.Request) -> web.Response:
-        body = await _json(request)
+        body = await read_json(request, empty=True)
         if not self._free_session_uids:
             self.counters["busy"] += 1
-            return web.json_response(
-                {"error": f"at capacity ({self.max_sessions} sessions)"},
-                status=503,
-                headers={"Retry-After": "0.1"},
-            )
+            return pool_server.at_capacity(f"{self.max_sessions} sessions", "0.1")
         index = self._free_session_uids.pop()
-        session_id = f"{self.boot}-{next(self._ids)}"
+        session_id = self._ids.new()
         folder = self.root / "sessions" / session_id
         # 0755: bwrap enters it as a root without capabilities; the server's own root
         # folder (0700) keeps everyone else on the host out.
@@ -366,22 +356,21 @@ class SandboxServer:
         return web.json_response({"released": True})
 
     async def handle_close_owner(self, request: web.Request) -> web.Response:
-        owner = request.query.get("owner")
-        if not owner:
-            return _error(400, "give ?owner=")
+        return await pool_server.release_by_owner(request, self._close_owner)
+
+    async def _close_owner(self, owner: str) -> int:
         mine = [s for s in self.sessions.values() if s.owner == owner]
         for session in mine:
             async with session.lock:
                 await self._drop(session)
         self.counters["sessions_closed"] += len(mine)
-        return web.json_response({"released": len(mine)})
+        return len(mine)
 
     async def handle_health(self, request: web.Request) -> web.Response:
-        return web.json_response({"ok": True, **self._state()})
+        return pool_server.health(self._state())
 
     async def handle_stats(self, request: web.Request) -> web.Response:
-        counters = {k: round(v, 3) if isinstance(v, float) else v for k, v in self.counters.items()}
-        return web.json_response({**self._state(), **counters})
+        return pool_server.stats(self._state(), self.counters)
 
     def _state(self) -> dict[str, Any]:
         iso = self.isolation
@@ -400,11 +389,8 @@ class SandboxServer:
         }
 
     def _unknown(self, session_id: str) -> web.Response:
-        if not session_id.startswith(self.boot + "-"):
-            why = "this server was restarted since (its sessions were lost)"
-        else:
-            why = "it was closed, or expired after its idle time"
-        return _error(404, f"no session {session_id!r} here: {why}", lost=True)
+        why = "it was closed, or expired after its idle time"
+        return self._ids.lost("session", "sessions", session_id, why)
 
 
 def _hold_lock(root: Path) -> int:
@@ -462,22 +448,6 @@ def _refused(reason: str) -> dict[str, Any]:
         "truncated": False,
         "isolation": "refused",
     }
-
-
-async def _json(request: web.Request) -> dict[str, Any]:
-    if not request.can_read_body:
-        return {}
-    try:
-        body = await request.json()
-    except ValueError:
-        raise web.HTTPBadRequest(text="the body must be JSON") from None
-    if not isinstance(body, dict):
-        raise web.HTTPBadRequest(text="the body must be a JSON object")
-    return body
-
-
-def _error(status: int, text: str, **more: Any) -> web.Response:
-    return web.json_response({"error": text, **more}, status=status)
 
 
 def main(argv: list[str] | None = None) -> None:
