@@ -108,7 +108,9 @@ def recovery_table(args: argparse.Namespace) -> None:
 
 
 def timing_table(args: argparse.Namespace) -> None:
+    limited = "yes" if irt.threadpool_limits is not None else "no (threadpoolctl missing)"
     print(f"\nFit time, {args.solvers} solvers (median of {args.repeats}; noisy shared machine)")
+    print(f"OpenBLAS limited to one thread during fit: {limited}")
     head = f"{'items':>7} {'model':>5} | {'time':>7} {'iters':>5} {'ms/iter':>7} {'conv':>4}"
     print(head)
     print("-" * len(head))
