@@ -307,22 +307,25 @@ def test_wrong_signature_length_is_rejected() -> None:
 
 
 def test_labelled_set_quality_floors() -> None:
-    """Measured at the defaults (char 5-grams, threshold 0.6, 128 permutations): precision
-    0.880, recall 0.832 (0.979 without paraphrase_heavy), F1 0.855. Floors sit a little below
-    so a quality regression fails here."""
+    """Measured at the defaults (char 5-grams, threshold 0.6, 128 permutations, seed 1,
+    fp_weight 0.3): precision 0.889, recall 0.814 (0.958 without paraphrase_heavy), F1 0.850.
+    Floors sit a little below so a quality regression fails here."""
     pairs = bench_dedup.load_pairs(bench_dedup.DEFAULT_PAIRS)
     assert len(pairs) >= 300
     assert 0.4 <= sum(p["duplicate"] for p in pairs) / len(pairs) <= 0.6
     r = bench_dedup.evaluate(pairs, DedupSettings())
-    assert r["precision"] >= 0.85
-    assert r["recall"] >= 0.80
-    assert bench_dedup.reachable_recall(r) >= 0.95
-    for kind in ("exact", "case_punct", "reworded_light", "insert_delete"):
-        assert bench_dedup.kind_rate(r, kind) == 1.0, kind
+    assert r["precision"] >= 0.86
+    assert r["recall"] >= 0.79
+    assert bench_dedup.reachable_recall(r) >= 0.93
+    assert bench_dedup.kind_rate(r, "exact") == 1.0
+    assert bench_dedup.kind_rate(r, "case_punct") == 1.0
+    assert bench_dedup.kind_rate(r, "reworded_light") >= 0.95
+    assert bench_dedup.kind_rate(r, "insert_delete") >= 0.93
+    assert bench_dedup.kind_rate(r, "reorder_clause") >= 0.75
     assert bench_dedup.kind_rate(r, "number_format") >= 0.9
     assert bench_dedup.kind_rate(r, "different_numbers") <= 0.05
     assert bench_dedup.kind_rate(r, "unrelated") == 0.0
     assert bench_dedup.kind_rate(r, "same_topic_different_question") <= 0.05
     # Known weaknesses, pinned so a change in them is noticed:
     assert bench_dedup.kind_rate(r, "paraphrase_heavy") <= 0.1
-    assert bench_dedup.kind_rate(r, "different_entity") <= 0.6
+    assert bench_dedup.kind_rate(r, "different_entity") <= 0.55
