@@ -90,12 +90,10 @@ def side_path(dest: Path, suffix: str) -> Path:
     return dest.with_name(dest.name + suffix)
 
 
-def difficulty_path(output: Path) -> Path:
-    return output.with_name(output.name + ".difficulty.jsonl")
-
-
 def load_difficulty(output: Path) -> dict[str, dict[str, Any]] | None:
     """Per record id, what `peerflow calibrate` wrote, or None when it was not run."""
+    from peerflow.export.calibrate import difficulty_path
+
     path = difficulty_path(output)
     if not path.exists():
         return None

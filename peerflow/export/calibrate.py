@@ -34,6 +34,10 @@ from peerflow.export.records import ExportError, RecordView, read_records
 __all__ = ["calibrate", "grade_boxed", "read_calibration_meta"]
 
 
+def difficulty_path(output: Path) -> Path:
+    return output.with_name(output.name + ".difficulty.jsonl")
+
+
 def meta_path(output: Path) -> Path:
     return output.with_name(output.name + ".difficulty.json")
 
@@ -223,7 +227,7 @@ def fit_and_write(output: Path, config: Any) -> dict[str, Any]:
     fit = irt.fit(matrix, model=cal.model)
     correct = np.nansum(matrix, axis=1)
     answered = np.sum(~np.isnan(matrix), axis=1)
-    dest = output.with_name(output.name + ".difficulty.jsonl")
+    dest = difficulty_path(output)
     tmp = dest.with_name(dest.name + ".tmp")
     with open(tmp, "wb") as f:
         for i, item in enumerate(ids):

@@ -4,10 +4,10 @@ that filters, pairing, splits and deduplication look at.
 A value of a record is named by a *path*: `status`, `reason`, `id`, `trial`, `cost_usd`,
 `tokens.completion`, `metrics.<name>`, `row.<column>`, `rejection.reason`,
 `<role>.<key>` (the data of that role's last successful step, e.g. `judge.score`),
-`difficulty` (after `peerflow calibrate`), or a field the config's `export.fields` names
-(a template over the record, e.g. the generated question). Paths, not Python expressions,
-so a filter given on the command line cannot run code and a typo is an error that names
-what exists.
+`difficulty` and `difficulty_se` (after `peerflow calibrate`), or a field the config's
+`export.fields` names (a template over the record, e.g. the generated question). Paths,
+not Python expressions, so a filter given on the command line cannot run code and a typo
+is an error that names what exists.
 """
 
 from __future__ import annotations
@@ -53,6 +53,10 @@ def read_records(paths: list[Path]) -> Iterator[OutputRecord]:
                 continue
 
 
+# What `peerflow calibrate` wrote for an item, each a path of its own.
+DIFFICULTY_KEYS = ("difficulty", "difficulty_se", "discrimination", "discrimination_se")
+
+
 class RecordView:
     """One record with its derived values computed at most once (fields render templates)."""
 
@@ -82,9 +86,8 @@ class RecordView:
         if path in self._fields:
             return self._fields[path](rec)
         head, _, rest = path.partition(".")
-        if head == "difficulty" or head == "discrimination":
-            d = self.difficulty
-            return None if d is None else d.get(rest or path)
+        if head in DIFFICULTY_KEYS:
+            return None if self.difficulty is None else self.difficulty.get(head)
         if hasattr(rec, head) and head not in ("history",):
             return _dig(getattr(rec, head), rest)
         step = _last_step(rec, head)
@@ -122,7 +125,7 @@ def known_path(path: str, fields: dict[str, Any], roles: set[str]) -> bool:
     head = path.partition(".")[0]
     return (
         path in fields
-        or head in ("difficulty", "discrimination")
+        or head in DIFFICULTY_KEYS
         or (head in OutputRecord.__struct_fields__ and head != "history")
         or head in roles
     )

@@ -394,10 +394,10 @@ def difficulty_section(output: Path) -> dict[str, Any] | None:
     """The calibrated difficulty of the items (`peerflow calibrate`), when there is one."""
     import numpy as np
 
-    from peerflow.export.calibrate import read_calibration_meta
+    from peerflow.export.calibrate import difficulty_path, read_calibration_meta
 
     meta = read_calibration_meta(output)
-    path = output.with_name(output.name + ".difficulty.jsonl")
+    path = difficulty_path(output)
     if meta is None or not path.exists():
         return None
     values = []
