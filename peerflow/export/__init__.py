@@ -560,7 +560,7 @@ class _Exporter:
             "to": self.to,
             "command": req.command,
             "records_read": self.read,
-            "written": dict(writer.counts),
+            "written": {split: writer.counts.get(split, 0) for split in files},
             "removed": dict(self.removed.counts),
             "removed_list": str(self.removed.path),
             "files": files,

@@ -85,8 +85,7 @@ def dataset_card(
         "records": "peerflow's records, one row per task, flattened",
     }[shape]
     parts += [
-        f"Synthetic data generated with [peerflow](https://github.com/peerflow) "
-        f"{summary.get('peerflow') or ''}: {what}.",
+        f"Synthetic data generated with peerflow {summary.get('peerflow') or ''}: {what}.",
         "",
         "## Splits",
         "",

@@ -244,7 +244,9 @@ class Writer:
             if split not in self.files:
                 self.files[split] = [self._open(split, 0)]
         out: dict[str, list[str]] = {}
-        for split, files in self.files.items():
+        order = [*splits, *(s for s in self.files if s not in splits)]
+        for split in order:
+            files = self.files[split]
             for f in files:
                 f.close()
             if self.to == "hf":
