@@ -11,7 +11,7 @@ the estimated similarity. Put the stage last, so that "passed" means "accepted".
 The seen set is the run's, not the process's:
 - on the local runtime it lives in the process;
 - on Ray one small actor per dedup role holds it (`SeenSet`, started by the runtime), and
-  the role's actors send it signatures (512 bytes each), not texts, so hashing stays
+  the role's actors send it signatures (about 750 bytes each), not texts, so hashing stays
   spread over the role's actors while the check-and-add is one atomic call;
 - a resumed run first loads the accepted rows already in the output, so a duplicate of a
   row an earlier run kept is rejected too.
