@@ -965,7 +965,8 @@ def config_fingerprint(config: RunConfig) -> str:
     templates, sampling, extra_body, parse functions, ...) except the runtime
     keys `workers`, `num_instances` and `resources`; the whole workflow; the
     `metrics` function; and per service its kind, model name, `extra_body` and
-    `n_ctx`, plus for a simulator the options that shape its replies (script, by
+    `n_ctx`, for a sandbox its isolation and limits, plus for a simulator the options that
+    shape its replies (script, by
     its contents when it is a rules file; agree_after, seed, output_median,
     output_sigma, default_max_tokens).
 
@@ -987,6 +988,12 @@ def config_fingerprint(config: RunConfig) -> str:
         if isinstance(svc, ToolEnvServiceConfig):
             entry = {"kind": svc.kind, "domain": _domain_identity(svc.domain, config.base_dir)}
             services[name] = entry
+            continue
+        if isinstance(svc, SandboxServiceConfig):
+            # The limits decide which programs pass (a time limit turns a slow solution
+            # into a rejected row), and the isolation what a program can reach.
+            services[name] = {"kind": svc.kind, "isolation": svc.isolation,
+                              "limits": svc.limits.model_dump(mode="json")}  # fmt: skip
             continue
         for key in _SERVICE_DATA_KEYS:
             if hasattr(svc, key):

@@ -552,6 +552,15 @@ def test_fingerprint_covers_what_shapes_the_data_only(tmp_path: Path) -> None:
         assert _fp(tmp_path, override) != base, override
 
 
+def test_fingerprint_covers_a_sandboxs_limits_not_its_pool(tmp_path: Path) -> None:
+    """A sandbox's time or memory limit decides which programs pass, so it shapes the data;
+    how many servers and slots run them does not."""
+    base = _fp(tmp_path, "services.box={kind: sandbox}")
+    assert _fp(tmp_path, "services.box={kind: sandbox, replicas: 3, max_concurrent: 8}") == base
+    assert _fp(tmp_path, "services.box={kind: sandbox, limits: {wall_s: 1}}") != base
+    assert _fp(tmp_path, "services.box={kind: sandbox, isolation: none}") != base
+
+
 def test_fingerprint_is_stable_for_a_dumped_and_reloaded_config(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, LLM))
     again = RunConfig.model_validate(config.model_dump())
