@@ -88,6 +88,8 @@ def counters(stats: RunStats, in_flight: int, started: float) -> dict[str, float
         "prompt_tokens": stats.prompt_tokens,
         "completion_tokens": stats.completion_tokens,
     }
+    if stats.cost.usd:  # priced runs only (peerflow.cost); earlier samples read as 0
+        sample["cost_usd"] = round(stats.cost.usd, 6)
     for status in STATUSES:
         sample[status] = by_status.get(status, 0)
     for role, rs in stats.roles.items():

@@ -221,6 +221,14 @@ async def test_costs_in_steps_records_summary_and_printout(
             Step(**{k: v for k, v in s.items()}) for s in record["history"]
         ]), None)  # fmt: skip
     assert progress_text(stats) == " cost=$0.0255"
+    # Spend over time: the run's time series has it, and the report plots it.
+    from peerflow.report import build_report
+    from peerflow.timeseries import columns_of, read_timeseries
+
+    spent = columns_of(read_timeseries(tmp_path / "out.jsonl")[-1])["cost_usd"]
+    assert spent[-1] == pytest.approx(5 * (COST_M + COST_M2))
+    assert spent == sorted(spent)
+    assert "spend, US dollars (cumulative)" in build_report(tmp_path / "out.jsonl").read_text()
 
 
 # --- the budget ------------------------------------------------------------------------

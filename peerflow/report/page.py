@@ -74,6 +74,11 @@ def _time_charts(series: list[dict[str, Any]], agg: dict[str, Any]) -> tuple[lis
                 t, [("in flight", cols.get("in_flight", []))], title="tasks in flight"
             )
         )
+        spent = cols.get("cost_usd", [])
+        if spent and spent[-1] > 0:
+            out.append(
+                charts.line_chart(t, [("spent", spent)], title="spend, US dollars (cumulative)")
+            )
         role_lines = []
         for name in cols:
             if name.startswith("steps:"):
