@@ -124,3 +124,27 @@ def test_boxed_grading() -> None:
     assert grade_boxed("\\boxed{\\text{Paris}}", "Paris") == 1.0
     assert grade_boxed("\\boxed{41}", "42") == 0.0
     assert grade_boxed("", "42") == 0.0
+
+
+def test_a_solver_that_never_answered_is_left_out_of_the_fit(tmp_path: Path) -> None:
+    """Refitting (`--fit-only`) answers already collected, one solver having failed every
+    call: it is named and left out, and the others still give every item a difficulty."""
+    from peerflow.export.calibrate import calibration_output, fit_and_write
+    from peerflow.message import Step
+
+    out, config = setup(tmp_path, "http://127.0.0.1:9/v1")
+    names = [f"solver0_s{k}" for k in range(SEEDS)]
+    with open(calibration_output(out), "wb") as f:
+        for i in range(ITEMS):
+            steps = [Step(role=names[0], ok=False, error="ConnectionError")]
+            for k, name in enumerate(names[1:], 1):
+                right = ability(k) > level(i)
+                steps.append(Step(role=name, content="\\boxed{42}" if right else "\\boxed{7}"))
+            rec = OutputRecord(id=f"q{i}", status="error", row={"answer": "42"}, history=steps)
+            f.write(msgspec.json.encode(rec) + b"\n")
+    meta = fit_and_write(out, config)
+    assert meta["solvers_without_answers"] == ["solver0_s0"]
+    assert meta["solvers"] == SEEDS - 1 and meta["items"] == ITEMS
+    lines = [json.loads(x) for x in out.with_name(out.name + ".difficulty.jsonl").open()]
+    got = np.array([d["difficulty"] for d in sorted(lines, key=lambda d: int(d["id"][1:]))])
+    assert np.corrcoef([level(i) for i in range(ITEMS)], got)[0, 1] > 0.8

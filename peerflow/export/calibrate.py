@@ -224,7 +224,24 @@ def fit_and_write(output: Path, config: Any) -> dict[str, Any]:
         raise ExportError(
             f"no item was answered by any solver ({calibration_output(output)} has no answers)"
         )
-    fit = irt.fit(matrix, model=cal.model)
+    answered_by = np.sum(~np.isnan(matrix), axis=0)
+    silent = [name for name, n in zip(names, answered_by, strict=True) if n == 0]
+    if silent:  # a solver whose every call failed says nothing about any item
+        keep = answered_by > 0
+        names = [name for name, k in zip(names, keep, strict=True) if k]
+        matrix = matrix[:, keep]
+        rows = ~np.all(np.isnan(matrix), axis=1)
+        ids = [item for item, k in zip(ids, rows, strict=True) if k]
+        matrix = matrix[rows]
+    if len(names) < 2 or not ids:
+        raise ExportError(
+            f"only {len(names)} solver configuration(s) answered anything "
+            f"({', '.join(silent)} answered nothing): a fit needs at least 2"
+        )
+    try:
+        fit = irt.fit(matrix, model=cal.model)
+    except ValueError as exc:
+        raise ExportError(f"the IRT fit failed: {exc}") from None
     correct = np.nansum(matrix, axis=1)
     answered = np.sum(~np.isnan(matrix), axis=1)
     dest = difficulty_path(output)
@@ -265,6 +282,7 @@ def fit_and_write(output: Path, config: Any) -> dict[str, Any]:
             "max": float(np.max(fit.difficulty)),
             "median_se": float(np.median(fit.difficulty_se)),
         },
+        "solvers_without_answers": silent,
         "all_correct": int(np.sum(correct == answered)),
         "none_correct": int(np.sum(correct == 0)),
     }
