@@ -361,6 +361,15 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             f"  {name}: ability {s['ability']:+.2f} (se {s['se']:.2f}), "
             f"accuracy {s['accuracy']:.1%}"
         )
+    simulated = sorted(
+        {s.service for s in config.export.calibration.solvers}
+        & {name for name, svc in config.services.items() if svc.kind == "sim"}
+    )
+    if simulated:
+        print(
+            f"SIMULATED: {', '.join(simulated)} answered with the LLM simulator's filler or "
+            "scripted text, not a model's: these difficulties measure nothing"
+        )
     print(f"difficulties: {output}.difficulty.jsonl")
     return 0
 
