@@ -123,16 +123,21 @@ async def test_a_record_is_written_or_left_out_with_its_reason(tmp_path: Path, f
     cfg = tools_config(tmp_path, server.url, rows=8)
     await run_async(cfg, pipeline=Pipeline(cfg), progress=False)
     out = tmp_path / "out.jsonl"
-    with open(out, "ab") as f:  # a failed record, as a run writes one
+    with open(out, "ab") as f:  # a failed record, as a run writes one, and a damaged line
         rec = OutputRecord(id="bad", status="error", row={}, error={"stage": "input"})
         f.write(msgspec.json.encode(rec) + b"\n")
+        f.write(b'{"id": "torn", "status": \n')
     dest = tmp_path / "kept.parquet"
     report = export(ExportRequest(output=out, dest=dest, where=["row.n >= 3"]))
     assert report["records_read"] == 9
     assert report["written"] == {"train": 5}
-    assert report["removed"] == {"status error": 1, "filter: row.n >= 3": 3}
+    assert report["removed"] == {
+        "status error": 1,
+        "filter: row.n >= 3": 3,
+        "unreadable record": 1,
+    }
     removed = [json.loads(x) for x in Path(report["removed_list"]).read_text().splitlines()]
-    assert sorted(r["id"] for r in removed) == ["bad", "r0", "r1", "r2"]
+    assert sorted(r["id"] for r in removed) == ["bad", "out.jsonl:10", "r0", "r1", "r2"]
     import pyarrow.parquet as pq
 
     table = pq.read_table(dest)

@@ -279,11 +279,16 @@ class _Exporter:
                     raise ExportError(f"--threshold {req.dedup_threshold}: {exc}") from None
             self.deduper = Deduper(settings)
         self.read = 0
+        self.first_pass = True
 
     # --- selection ------------------------------------------------------------------
+    def _unreadable(self, path: Path, line: int, why: str) -> None:
+        if self.first_pass:  # every pass meets it; count it once
+            self.removed(f"{path.name}:{line}", "unreadable record", error=why)
+
     def views(self) -> Iterator[RecordView]:
         diff = self.difficulty or {}
-        for n, record in enumerate(read_records(self.paths)):
+        for n, record in enumerate(read_records(self.paths, self._unreadable)):
             if self.req.limit is not None and n >= self.req.limit:
                 return
             yield RecordView(record, self.fields, diff.get(record.id))
@@ -335,6 +340,7 @@ class _Exporter:
                     yield view
             return
         keep = self._balanced()
+        self.first_pass = False
         for view in self.views():
             if view.record.id in keep:
                 yield view
@@ -484,6 +490,7 @@ class _Exporter:
                 wanted[rid] = (group, "chosen")
                 wanted[wid] = (group, "rejected")
         # Pass 2: the two conversations of each pair; a half waits for its other half.
+        self.first_pass = False
         pending: dict[str, tuple[Any, ...]] = {}
         dropped: set[str] = set()
         for view in self.views():

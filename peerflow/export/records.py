@@ -42,15 +42,20 @@ class ExportError(Exception):
     """A problem with what was asked of an export (a bad path, filter or option)."""
 
 
-def read_records(paths: list[Path]) -> Iterator[OutputRecord]:
-    """Every complete record of `paths`, one at a time; a line that is not a record (a torn
-    tail is already excluded by `Lines`) is skipped, as a run's own reader would."""
+def read_records(
+    paths: list[Path], on_bad: Callable[[Path, int, str], None] | None = None
+) -> Iterator[OutputRecord]:
+    """Every complete record of `paths`, one at a time (a torn tail is excluded by `Lines`).
+
+    A complete line that is not a record (damaged on disk, edited by hand) is skipped, as
+    a run's own reader would, and, with `on_bad`, reported: (file, line number, why)."""
     for path in paths:
-        for line in Lines(path):
+        for n, line in enumerate(Lines(path), 1):
             try:
                 yield _decode(line)
-            except (msgspec.DecodeError, msgspec.ValidationError):
-                continue
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                if on_bad is not None:
+                    on_bad(path, n, str(exc))
 
 
 # What `peerflow calibrate` wrote for an item, each a path of its own.
