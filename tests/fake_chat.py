@@ -19,6 +19,16 @@ from peerflow.testing import strict_chat_errors
 Reply = Callable[[dict[str, Any]], dict[str, Any]]
 
 
+async def serve(app: web.Application) -> tuple[web.AppRunner, str]:
+    """Serve `app` on a free loopback port; returns its runner and its `/v1` base URL."""
+    runner = web.AppRunner(app, shutdown_timeout=0.2, access_log=None)
+    await runner.setup()
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    await web.SockSite(runner, sock).start()
+    return runner, f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+
+
 class FakeChat:
     def __init__(self, reply: Reply) -> None:
         self.reply = reply
@@ -58,12 +68,7 @@ class FakeChat:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_get("/v1/models", self._models)
-        self.runner = web.AppRunner(app, shutdown_timeout=0.2, access_log=None)
-        await self.runner.setup()
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        await web.SockSite(self.runner, sock).start()
-        self.url = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+        self.runner, self.url = await serve(app)
 
     async def close(self) -> None:
         if self.runner is not None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 import pytest
 import yaml
 from aiohttp import web
+from fake_chat import serve
 
 from peerflow.config import ConcurrencyConfig, OpenAIServiceConfig
 from peerflow.services import build_service
@@ -58,12 +58,7 @@ class Server:
     async def __aenter__(self) -> Server:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat)
-        self.runner = web.AppRunner(app, shutdown_timeout=0.2, access_log=None)
-        await self.runner.setup()
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        await web.SockSite(self.runner, sock).start()
-        self.url = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+        self.runner, self.url = await serve(app)
         return self
 
     async def __aexit__(self, *exc: object) -> None:

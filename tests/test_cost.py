@@ -4,13 +4,13 @@ cached tokens, and the budget that stops admission; real runs over real HTTP."""
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from aiohttp import web
+from fake_chat import serve
 
 from peerflow.cli import _print_summary
 from peerflow.config import ConfigError, load_config
@@ -57,12 +57,8 @@ class UsageServer:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_get("/v1/models", self._models)
-        self.runner = web.AppRunner(app, shutdown_timeout=0.2, access_log=None)
-        await self.runner.setup()
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        await web.SockSite(self.runner, sock).start()
-        return f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+        self.runner, url = await serve(app)
+        return url
 
     async def __aexit__(self, *exc: object) -> None:
         await self.runner.cleanup()
