@@ -41,7 +41,7 @@ def config(tmp: Path, runtime: str, rows: int) -> RunConfig:
         {
             "dataset": {"path": str(tmp / "rows.jsonl"), "id_field": "id"},
             "roles": {
-                "unique": {"agent": "dedup", "text": "{{ row.q }}", "num_instances": 2},
+                "unique": {"agent": "dedup", "text": "{{ q }}", "num_instances": 2},
             },
             "workflow": {"kind": "sequence", "roles": ["unique"]},
             "runtime": rt,

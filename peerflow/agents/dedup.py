@@ -13,7 +13,8 @@ The seen set is the run's, not the process's:
 - on Ray one small actor per dedup role holds it (`SeenSet`, started by the runtime), and
   the role's actors send it signatures (about 750 bytes each), not texts, so hashing stays
   spread over the role's actors while the check-and-add is one atomic call;
-- a resumed run first loads the accepted rows already in the output, so a duplicate of a
+- a first occurrence's step keeps the text it was compared as (`data.text`), and a resumed
+  run first loads those of the accepted rows already in the output, so a duplicate of a
   row an earlier run kept is rejected too.
 """
 
@@ -66,36 +67,35 @@ def _settings(threshold: float | None) -> Any:
     return settings if threshold is None else dataclasses.replace(settings, threshold=threshold)
 
 
-def preload(index: Any, output: str | None, text: str) -> int:
-    """Add the texts of the accepted rows already in `output` (a resumed run); returns how
-    many were added."""
+def preload(index: Any, output: str | None, role: str) -> int:
+    """Add the texts the role kept in the accepted rows already in `output` (a resumed run);
+    returns how many were added. Each kept text is in its step's data, as compared: no
+    template is rendered again (the row's variables are not in the record)."""
     if not output:
         return 0
     from peerflow.export.records import read_records
     from peerflow.report.aggregate import output_paths
-    from peerflow.sink import record_message
 
-    template = compile_template(text, "roles.<dedup>.text")
     added = 0
     for record in read_records(output_paths(Path(output))):
         if record.status != "ok":
             continue
-        message = record_message(record)
-        value = render(template, template_context(message, "dedup")).strip()  # type: ignore[arg-type]
-        if value:
-            index.add(record.id, value)
-            added += 1
+        for step in reversed(record.history):
+            if step.role == role and step.data and step.data.get("text"):
+                index.add(record.id, str(step.data["text"]))
+                added += 1
+                break
     return added
 
 
 class SeenSet:
     """The seen set of one dedup role for a whole Ray run (one actor; see the module doc)."""
 
-    def __init__(self, threshold: float | None, output: str | None, text: str):
+    def __init__(self, threshold: float | None, output: str | None, role: str):
         from peerflow.dedup import Deduper
 
         self.index = Deduper(_settings(threshold))
-        self.preloaded = preload(self.index, output, text)
+        self.preloaded = preload(self.index, output, role)
         self.checks = 0
 
     def check_and_add(
@@ -132,7 +132,7 @@ class DedupAgent(Agent):
         from peerflow.dedup import Deduper
 
         self.index = Deduper(self.settings)
-        preload(self.index, self.options.output, self.options.text)
+        preload(self.index, self.options.output, self.role)
 
     async def process(self, message: Message, request: Any) -> Step:
         from peerflow.dedup import fingerprint
@@ -152,8 +152,8 @@ class DedupAgent(Agent):
                 await self.setup()
             dup = self.index.check_and_add_signature(message.id, norm_hash, hashvalues, numbers)
             found = None if dup is None else (dup.of, dup.kind, dup.similarity)
-        if found is None:
-            return Step(role=self.role, data={"dedup": "first"})
+        if found is None:  # kept: its text stays in the record, for a resumed run's seen set
+            return Step(role=self.role, data={"dedup": "first", "text": text})
         of, kind, similarity = found
         detail = {"of": of, "kind": kind, "similarity": round(float(similarity), 4)}
         return Step(role=self.role, data={"reject": {"reason": self.options.reason, **detail}})
@@ -184,7 +184,7 @@ async def shared_seen_sets(config: Any, run_id: str, stats: Any = None) -> Async
         handles[name] = (
             ray.remote(SeenSet)
             .options(name=actor, num_cpus=0, scheduling_strategy=here)
-            .remote(options.threshold, output, options.text)
+            .remote(options.threshold, output, name)
         )
         updated[name] = type(cfg).model_validate(
             {**cfg.model_dump(exclude_unset=True), **cfg.options, "shared": actor}

@@ -30,6 +30,7 @@ from peerflow.export.records import (
     ExportError,
     RecordView,
     as_float,
+    as_message,
     group_of,
     known_path,
     parse_condition,
@@ -135,8 +136,6 @@ def _fields(config: Any) -> dict[str, Callable[[OutputRecord], Any]]:
     if config is None or not config.export.fields:
         return {}
     from peerflow.agents.llm import add_template_path, compile_template, render, template_context
-    from peerflow.datasets import map_fields
-    from peerflow.sink import record_message
 
     add_template_path(config.base_dir)
     out: dict[str, Callable[[OutputRecord], Any]] = {}
@@ -147,11 +146,7 @@ def _fields(config: Any) -> dict[str, Callable[[OutputRecord], Any]]:
             raise ExportError(str(exc)) from None
 
         def value(record: OutputRecord, template: Any = template) -> Any:
-            message = record_message(record)
-            try:
-                message.vars = map_fields(message.row, config.dataset.fields)
-            except Exception:
-                message.vars = {}
+            message = as_message(record, config.dataset.fields)
             text = render(template, template_context(message, "export")).strip()
             return text or None
 
@@ -279,16 +274,16 @@ class _Exporter:
                     raise ExportError(f"--threshold {req.dedup_threshold}: {exc}") from None
             self.deduper = Deduper(settings)
         self.read = 0
-        self.first_pass = True
 
     # --- selection ------------------------------------------------------------------
     def _unreadable(self, path: Path, line: int, why: str) -> None:
-        if self.first_pass:  # every pass meets it; count it once
-            self.removed(f"{path.name}:{line}", "unreadable record", error=why)
+        self.removed(f"{path.name}:{line}", "unreadable record", error=why)
 
-    def views(self) -> Iterator[RecordView]:
+    def views(self, *, again: bool = False) -> Iterator[RecordView]:
+        """Every record; `again` for a second pass (a damaged line is listed once)."""
         diff = self.difficulty or {}
-        for n, record in enumerate(read_records(self.paths, self._unreadable)):
+        on_bad = None if again else self._unreadable
+        for n, record in enumerate(read_records(self.paths, on_bad)):
             if self.req.limit is not None and n >= self.req.limit:
                 return
             yield RecordView(record, self.fields, diff.get(record.id))
@@ -340,8 +335,7 @@ class _Exporter:
                     yield view
             return
         keep = self._balanced()
-        self.first_pass = False
-        for view in self.views():
+        for view in self.views(again=True):
             if view.record.id in keep:
                 yield view
 
@@ -490,10 +484,9 @@ class _Exporter:
                 wanted[rid] = (group, "chosen")
                 wanted[wid] = (group, "rejected")
         # Pass 2: the two conversations of each pair; a half waits for its other half.
-        self.first_pass = False
         pending: dict[str, tuple[Any, ...]] = {}
         dropped: set[str] = set()
-        for view in self.views():
+        for view in self.views(again=True):
             rid = view.record.id
             if rid not in wanted:
                 if rid in candidates:

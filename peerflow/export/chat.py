@@ -24,9 +24,8 @@ from typing import Any
 import msgspec
 
 from peerflow.config import RunConfig
-from peerflow.export.records import ExportError
-from peerflow.message import Message
-from peerflow.sink import OutputRecord, record_message
+from peerflow.export.records import ExportError, as_message
+from peerflow.sink import OutputRecord
 
 __all__ = ["Perspective", "assistant_turn", "common_prefix"]
 
@@ -55,7 +54,6 @@ class Perspective:
     missing = "no turn of the assistant role(s)"
 
     def __init__(self, config: RunConfig, roles: list[str]):
-        from peerflow.datasets import map_fields
         from peerflow.pipeline import Pipeline
 
         if not roles:
@@ -84,19 +82,10 @@ class Perspective:
                 )
             self.agents[role] = agent
         self.fields = config.dataset.fields
-        self._map_fields = map_fields
-
-    def message(self, record: OutputRecord) -> Message:
-        message = record_message(record)
-        try:
-            message.vars = self._map_fields(message.row, self.fields)
-        except Exception:  # a row the run failed at admission: it has no turns anyway
-            message.vars = {}
-        return message
 
     def examples(self, record: OutputRecord, view: Any = None) -> Iterator[dict[str, Any]]:
         """`{"role", "turn", "messages", "tools"?}` for each example the record gives."""
-        message = self.message(record)
+        message = as_message(record, self.fields)
         history = message.history
         for role, agent in self.agents.items():
             turns = [i for i, s in enumerate(history) if s.role == role and s.ok]

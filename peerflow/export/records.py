@@ -136,6 +136,20 @@ def known_path(path: str, fields: dict[str, Any], roles: set[str]) -> bool:
     )
 
 
+def as_message(record: OutputRecord, fields: dict[str, Any]) -> Any:
+    """A finished record as the message its templates saw: history, row, and the row's
+    variables (`dataset.fields`; not in the record, since they follow from the row)."""
+    from peerflow.datasets import map_fields
+    from peerflow.sink import record_message
+
+    message = record_message(record)
+    try:
+        message.vars = map_fields(message.row, fields)
+    except Exception:  # a row the run failed at admission: no variables to give
+        message.vars = {}
+    return message
+
+
 def as_float(value: Any) -> float | None:
     """A number from a record's value (bools count as 0/1), or None when it is none."""
     if isinstance(value, bool):
