@@ -30,6 +30,7 @@ import numpy as np
 import orjson
 
 from peerflow.export.records import ExportError, RecordView, read_records
+from peerflow.export.writers import write_json
 
 __all__ = ["calibrate", "grade_boxed", "read_calibration_meta"]
 
@@ -286,9 +287,7 @@ def fit_and_write(output: Path, config: Any) -> dict[str, Any]:
         "all_correct": int(np.sum(correct == answered)),
         "none_correct": int(np.sum(correct == 0)),
     }
-    tmp = meta_path(output).with_name(meta_path(output).name + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=2) + "\n")
-    tmp.replace(meta_path(output))
+    write_json(meta_path(output), meta)
     return meta
 
 
@@ -314,7 +313,5 @@ async def calibrate(output: Path, config: Any, *, progress: bool = True) -> dict
         "by_status": summary.get("output_by_status"),
         "exit_code": summary.get("exit_code"),
     }
-    tmp = meta_path(output).with_name(meta_path(output).name + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=2) + "\n")
-    tmp.replace(meta_path(output))
+    write_json(meta_path(output), meta)
     return meta
